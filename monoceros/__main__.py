@@ -1,0 +1,3 @@
+from monoceros.cli import main
+
+raise SystemExit(main())

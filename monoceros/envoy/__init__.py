@@ -1,0 +1,1 @@
+"""Envoy integration: bootstrap, per-pool resources and the Envoy process."""

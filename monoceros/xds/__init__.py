@@ -1,0 +1,1 @@
+"""The xDS control plane: snapshot cache, ADS streams (SotW and delta), CSDS."""
