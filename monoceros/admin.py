@@ -1,0 +1,127 @@
+"""The admin HTTP server: /metrics, /health, /workers and pool commands.
+
+It binds 127.0.0.1 unless the configuration says otherwise; endpoints that
+change state accept POST only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psutil
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from monoceros.config import AdminConfig
+from monoceros.errors import StartupError
+from monoceros.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class AdminServer:
+    def __init__(self, supervisor: Supervisor, config: AdminConfig):
+        self.supervisor = supervisor
+        self.config = config
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/metrics", self.metrics),
+                web.get("/health", self.health),
+                web.get("/workers", self.workers),
+                web.post("/pools/{pool}/restart", self.restart_pool),
+            ]
+        )
+        self.app = app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.config.address, self.config.port, reuse_address=True
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise StartupError(
+                f"admin: cannot listen on {self.config.address}:{self.config.port}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        server = site._server  # aiohttp exposes the bound port only here
+        sockets = server.sockets if server is not None else []
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+        log.info(
+            "admin listening",
+            extra={"address": self.config.address, "port": self.port},
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.supervisor.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(self, request: web.Request) -> web.Response:
+        sup = self.supervisor
+        healthy = sup.healthy()
+        body = {
+            "healthy": healthy,
+            "shutting_down": sup.shutting_down,
+            "pools": {
+                name: {
+                    "healthy": pool.healthy(),
+                    "failed": pool.failed,
+                    "running": pool.live_count(),
+                    "ready": pool.ready_count(),
+                    "replicas": pool.desired,
+                }
+                for name, pool in sup.pools.items()
+            },
+        }
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def workers(self, request: web.Request) -> web.Response:
+        rows = []
+        now_mono, now = time.monotonic(), time.time()
+        for pool in self.supervisor.pools.values():
+            for worker in sorted(pool.workers.values(), key=lambda w: w.index):
+                proc = worker.process
+                row = {
+                    "pool": pool.name,
+                    "id": worker.worker_id,
+                    "pid": worker.pid,
+                    "port": worker.port,
+                    "state": worker.state.value,
+                    "restarts": pool.restarts_of(worker.index),
+                    "started_at": proc.started_at if proc else None,
+                    "uptime": round(now_mono - proc.started_mono, 3) if proc else 0,
+                    "rss_bytes": None,
+                    "cpu_seconds": None,
+                }
+                if proc is not None and proc.alive:
+                    try:
+                        ps = psutil.Process(proc.pid)
+                        with ps.oneshot():
+                            times = ps.cpu_times()
+                            row["rss_bytes"] = ps.memory_info().rss
+                            row["cpu_seconds"] = round(times.user + times.system, 3)
+                    except psutil.Error:
+                        pass
+                rows.append(row)
+        return web.json_response({"time": now, "workers": rows})
+
+    async def restart_pool(self, request: web.Request) -> web.Response:
+        name = request.match_info["pool"]
+        if name not in self.supervisor.pools:
+            return web.json_response(
+                {"error": f"no pool named {name!r}"}, status=404
+            )
+        replaced = await self.supervisor.request("restart", name)
+        return web.json_response({"pool": name, "replaced": replaced})

@@ -1,0 +1,225 @@
+"""Child processes: spawning, reaping and signalling process groups.
+
+Monoceros reaps every child itself, from one SIGCHLD handler on the event
+loop (``waitpid(-1, WNOHANG)`` until nothing is left), rather than through
+asyncio's child watchers. One reaper sees every exit in the order the kernel
+reports it, costs no thread per child, and also reaps the orphans that are
+re-parented to Monoceros because it is a child subreaper. A pid is forgotten
+the moment it is reaped, so a reaped pid is never signalled; signals go to
+the worker's process group, never to a bare pid.
+
+Each child is spawned from the event loop's thread with a parent-death
+signal (SIGKILL). On Linux that signal follows the *thread* that forked the
+child, not the process: spawning from a worker thread would kill the child
+when that thread ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _prctl = _libc.prctl
+except (OSError, AttributeError):  # not Linux: no parent-death signal
+    _prctl = None
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants so they are reaped here, not by init."""
+    if _prctl is None:
+        return False
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _child_setup(parent_pid: int) -> None:
+    # Runs in the child between fork and exec: async-signal-safe calls only.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The parent may have died before prctl took effect.
+        if os.getppid() != parent_pid:
+            os._exit(127)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def describe_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+@dataclass(eq=False)
+class Process:
+    """A spawned child, leader of its own process group."""
+
+    pid: int
+    argv: tuple[str, ...]
+    started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    returncode: int | None = None
+    exited: asyncio.Future[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.exited = asyncio.get_running_loop().create_future()
+
+    @property
+    def pgid(self) -> int:
+        return self.pid  # spawned with setsid: the leader's pid names the group
+
+    @property
+    def alive(self) -> bool:
+        return self.returncode is None
+
+    def group_alive(self) -> bool:
+        """Whether any process is left in the group (the leader or others)."""
+        if self.alive:
+            return True
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def signal_group(self, sig: int) -> bool:
+        """Send `sig` to the whole group; False if nothing was left in it.
+
+        Once the leader has been reaped its pid may be reused, but a reused
+        pid only names a group if that new process made itself a group
+        leader, so signalling the group stays safe while members remain.
+        """
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            return False
+        except PermissionError as exc:
+            log.warning(
+                "cannot signal process group",
+                extra={"pgid": self.pgid, "error": str(exc)},
+            )
+            return False
+        return True
+
+    async def wait_group_empty(self, timeout: float, poll: float = 0.02) -> bool:
+        """Wait until the leader exited and its group is empty; False on timeout.
+
+        The leader's exit is an event; the rest of the group can only be
+        polled (no kernel notification exists for "group empty").
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        except TimeoutError:
+            return False
+        while self.group_alive():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(poll)
+        return True
+
+
+class ChildReaper:
+    """Reaps every child of this process and resolves their `exited` futures.
+
+    Install once per event loop. Children not spawned through `spawn` (the
+    orphans adopted as a subreaper) are reaped and reported to
+    `on_orphan`, never counted as a worker's exit.
+    """
+
+    def __init__(self, on_orphan: Callable[[int, int], None] | None = None):
+        self._children: dict[int, Process] = {}
+        self._on_orphan = on_orphan
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_signal_handler(signal.SIGCHLD, self.reap)
+
+    def uninstall(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+        self._loop = None
+
+    @property
+    def children(self) -> int:
+        return len(self._children)
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str | None,
+        stdout: int,
+        stderr: int,
+        pass_fds: Sequence[int] = (),
+    ) -> Process:
+        """Start `argv` in a new session and process group.
+
+        Only fds 0-2 and `pass_fds` are inherited; stdin is /dev/null.
+        """
+        parent = os.getpid()
+        popen = subprocess.Popen(
+            list(argv),
+            executable=argv[0],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env),
+            cwd=cwd,
+            close_fds=True,
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+            preexec_fn=lambda: _child_setup(parent),
+        )
+        # The reaper, not Popen, waits for this pid: stop Popen from trying.
+        popen.returncode = 0
+        proc = Process(pid=popen.pid, argv=tuple(argv))
+        self._children[proc.pid] = proc
+        # A child that exited before it was registered left a SIGCHLD that
+        # may already have been handled: look again.
+        self.reap()
+        return proc
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except OSError as exc:  # pragma: no cover - EINTR is retried by Python
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if pid == 0:
+                return
+            self._reaped(pid, os.waitstatus_to_exitcode(status))
+
+    def _reaped(self, pid: int, returncode: int) -> None:
+        proc = self._children.pop(pid, None)
+        if proc is None:
+            if self._on_orphan is not None:
+                self._on_orphan(pid, returncode)
+            return
+        proc.returncode = returncode
+        if not proc.exited.done():
+            proc.exited.set_result(returncode)

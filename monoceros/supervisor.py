@@ -1,0 +1,250 @@
+"""The Supervisor: one event loop, one queue of typed events, many pools.
+
+Signal handlers only put an event on the queue; the loop below decides. The
+Supervisor knows no HTTP and no command line: the admin server and the CLI
+call into it (`request`, `healthy`, `workers`), never the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monoceros.config import Config, PoolConfig
+from monoceros.errors import ExitStatus, StartupError
+from monoceros.logs import OutputQueue
+from monoceros.metrics import Metrics
+from monoceros.pool import Pool, PoolContext
+from monoceros.process import ChildReaper, become_subreaper
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Signals whose default action would end Monoceros and orphan its workers:
+# caught and logged instead.
+IGNORED_SIGNALS = (
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGPIPE,
+    signal.SIGXCPU,
+    signal.SIGXFSZ,
+)
+# File descriptors Monoceros needs besides its workers' pipes (sockets,
+# log output, the admin and xDS servers, libraries).
+BASE_FDS = 256
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    signum: int
+
+
+@dataclass(frozen=True)
+class PoolFailed:
+    pool: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Command:
+    """A request from the admin API; `reply` gets the result."""
+
+    action: str
+    pool: str | None
+    reply: asyncio.Future = field(compare=False)
+
+
+Event = SignalReceived | PoolFailed | Command
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        output: OutputQueue,
+        metrics: Metrics | None = None,
+        context_for: Callable[[PoolConfig, PoolContext], PoolContext] | None = None,
+    ):
+        self.config = config
+        self.output = output
+        self.metrics = metrics or Metrics()
+        self.reaper = ChildReaper(on_orphan=self._orphan_reaped)
+        self.pools: dict[str, Pool] = {}
+        self.shutting_down = False
+        self.exit_status = ExitStatus.OK
+        self._context_for = context_for
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: set[asyncio.Task] = set()
+        self._stopped = asyncio.Event()
+        self.metrics.add_process_source(self._process_samples)
+        self.metrics.proxy_mode.set(1 if config.proxy_mode else 0)
+        output.on_drop = self.metrics.log_dropped.inc
+
+    # ------------------------------------------------------------ interface
+
+    def healthy(self) -> bool:
+        if self.shutting_down or not self.pools:
+            return False
+        return all(pool.healthy() for pool in self.pools.values())
+
+    async def request(self, action: str, pool: str | None = None) -> Any:
+        """Queue a command (from the admin API) and wait for its result."""
+        reply = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(Command(action, pool, reply))
+        return await reply
+
+    def stop(self) -> None:
+        self._queue.put_nowait(SignalReceived(signal.SIGTERM))
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> ExitStatus:
+        """Run until asked to stop or a pool fails; return the exit status."""
+        loop = asyncio.get_running_loop()
+        self._check_fd_limit()
+        become_subreaper()
+        self.reaper.install()
+        for sig in STOP_SIGNALS + (signal.SIGHUP,) + IGNORED_SIGNALS:
+            loop.add_signal_handler(sig, self._queue.put_nowait, SignalReceived(sig))
+        try:
+            for pool_config in self.config.pools:
+                pool = Pool(pool_config, self._pool_context(pool_config))
+                self.pools[pool.name] = pool
+            for pool in self.pools.values():
+                self._spawn_task(pool.start())
+            log.info(
+                "monoceros started",
+                extra={"pools": list(self.pools), "proxy_mode": self.config.proxy_mode},
+            )
+            await self._event_loop()
+        finally:
+            await self._shutdown()
+            for sig in STOP_SIGNALS + (signal.SIGHUP,) + IGNORED_SIGNALS:
+                loop.remove_signal_handler(sig)
+            self.reaper.uninstall()
+            self._stopped.set()
+        return self.exit_status
+
+    async def _event_loop(self) -> None:
+        while True:
+            event = await self._queue.get()
+            match event:
+                case SignalReceived(signum) if signum in STOP_SIGNALS:
+                    log.info("stop requested", extra={"signal": _name(signum)})
+                    return
+                case SignalReceived(signal.SIGHUP):
+                    log.info("SIGHUP: rolling restart of every pool")
+                    for pool in self.pools.values():
+                        self._spawn_task(pool.rolling_restart())
+                case SignalReceived(signum):
+                    log.info("signal ignored", extra={"signal": _name(signum)})
+                case PoolFailed(pool, reason):
+                    log.error(
+                        "stopping: a pool failed",
+                        extra={"pool": pool, "reason": reason},
+                    )
+                    self.exit_status = ExitStatus.POOL_FAILED
+                    return
+                case Command():
+                    self._handle_command(event)
+
+    def _handle_command(self, command: Command) -> None:
+        match command.action:
+            case "restart":
+                pool = self.pools.get(command.pool or "")
+                if pool is None:
+                    command.reply.set_exception(KeyError(command.pool))
+                    return
+                task = self._spawn_task(pool.rolling_restart())
+                task.add_done_callback(
+                    lambda t: command.reply.set_result(t.result())
+                    if not t.cancelled() and t.exception() is None
+                    else command.reply.cancel()
+                )
+            case _:
+                command.reply.set_exception(ValueError(command.action))
+
+    async def _shutdown(self) -> None:
+        self.shutting_down = True
+        self.metrics.sigterm_received.set(1)
+        for task in list(self._tasks):
+            task.cancel()
+        log.info("stopping every pool")
+        await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+        # Anything left (a worker that ignored even SIGKILL) is reported.
+        if self.reaper.children:
+            log.error("children still running at exit",
+                      extra={"count": self.reaper.children})
+        log.info("monoceros stopped", extra={"exit_status": int(self.exit_status)})
+
+    # -------------------------------------------------------------- helpers
+
+    def _pool_context(self, pool_config: PoolConfig) -> PoolContext:
+        ctx = PoolContext(
+            reaper=self.reaper,
+            output=self.output,
+            metrics=self.metrics,
+            on_failed=self._pool_failed,
+        )
+        if self._context_for is not None:
+            ctx = self._context_for(pool_config, ctx)
+        return ctx
+
+    def _pool_failed(self, pool: Pool, reason: str) -> None:
+        self._queue.put_nowait(PoolFailed(pool.name, reason))
+
+    def _orphan_reaped(self, pid: int, returncode: int) -> None:
+        self.metrics.orphans_reaped.inc()
+        log.debug("reaped an orphaned descendant",
+                  extra={"pid": pid, "returncode": returncode})
+
+    def _spawn_task(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("supervisor task failed", exc_info=task.exception())
+
+    def _process_samples(self):
+        for pool in list(self.pools.values()):
+            yield from pool.process_samples()
+
+    def _check_fd_limit(self) -> None:
+        """Raise the soft open-file limit; refuse a config that cannot fit."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass
+        # Two pipe ends per worker, for up to index_range workers per pool.
+        needed = BASE_FDS + sum(2 * p.index_range for p in self.config.pools)
+        if soft != resource.RLIM_INFINITY and needed > soft:
+            raise StartupError(
+                f"the open-file limit is {soft} but these pools may need {needed} "
+                "file descriptors (2 per worker, counting replacements); raise "
+                "the limit (ulimit -n) or lower replicas"
+            )
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)

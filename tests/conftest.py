@@ -1,0 +1,43 @@
+"""Shared test helpers: waiting on conditions against a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+
+async def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+):
+    """Poll `predicate` until it returns a truthy value; fail on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+        await asyncio.sleep(interval)
+
+
+def wait_for_sync(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
