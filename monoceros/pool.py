@@ -216,6 +216,8 @@ class Pool:
             "returncode": returncode,
             "uptime": round(worker.uptime(), 3),
         }
+        if not worker.process.group_alive():
+            self.ctx.reaper.forget_group(worker.process)
         if expected:
             log.info("worker stopped", extra=fields)
         else:
@@ -227,7 +229,7 @@ class Pool:
                 self._crashed(worker)
             # Whatever the worker left in its group goes with it.
             if worker.process.group_alive():
-                self._track(worker.stop(self.config.signal_timeout))
+                self._track(self._stop_worker(worker))
             if was_ready:
                 await self._publish()
         await worker.close_output()
@@ -349,6 +351,8 @@ class Pool:
         result = await worker.stop(self.config.signal_timeout)
         if result.killed:
             self.ctx.metrics.sigkill.labels(self.name).inc()
+        if worker.process is not None and not worker.process.group_alive():
+            self.ctx.reaper.forget_group(worker.process)
         self._update_gauges()
 
     # --------------------------------------------------------------- limits

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from monoceros.guardian import Guardian
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -145,9 +147,14 @@ class ChildReaper:
     `on_orphan`, never counted as a worker's exit.
     """
 
-    def __init__(self, on_orphan: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        on_orphan: Callable[[int, int], None] | None = None,
+        guardian: Guardian | None = None,
+    ):
         self._children: dict[int, Process] = {}
         self._on_orphan = on_orphan
+        self._guardian = guardian
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def install(self) -> None:
@@ -195,10 +202,17 @@ class ChildReaper:
         popen.returncode = 0
         proc = Process(pid=popen.pid, argv=tuple(argv))
         self._children[proc.pid] = proc
+        if self._guardian is not None:
+            self._guardian.add(proc.pgid)
         # A child that exited before it was registered left a SIGCHLD that
         # may already have been handled: look again.
         self.reap()
         return proc
+
+    def forget_group(self, proc: Process) -> None:
+        """The group is empty: the guardian no longer needs to know it."""
+        if self._guardian is not None:
+            self._guardian.remove(proc.pgid)
 
     def reap(self) -> None:
         while True:

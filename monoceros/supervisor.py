@@ -17,6 +17,7 @@ from typing import Any
 
 from monoceros.config import Config, PoolConfig
 from monoceros.errors import ExitStatus, StartupError
+from monoceros.guardian import Guardian
 from monoceros.logs import OutputQueue
 from monoceros.metrics import Metrics
 from monoceros.pool import Pool, PoolContext
@@ -76,7 +77,8 @@ class Supervisor:
         self.config = config
         self.output = output
         self.metrics = metrics or Metrics()
-        self.reaper = ChildReaper(on_orphan=self._orphan_reaped)
+        self.guardian = Guardian()
+        self.reaper = ChildReaper(on_orphan=self._orphan_reaped, guardian=self.guardian)
         self.pools: dict[str, Pool] = {}
         self.shutting_down = False
         self.exit_status = ExitStatus.OK
@@ -114,6 +116,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._check_fd_limit()
         become_subreaper()
+        self.guardian.start()
         self.reaper.install()
         for sig in STOP_SIGNALS + (signal.SIGHUP,) + IGNORED_SIGNALS:
             loop.add_signal_handler(sig, self._queue.put_nowait, SignalReceived(sig))
@@ -132,6 +135,7 @@ class Supervisor:
             await self._shutdown()
             for sig in STOP_SIGNALS + (signal.SIGHUP,) + IGNORED_SIGNALS:
                 loop.remove_signal_handler(sig)
+            self.guardian.close()
             self.reaper.uninstall()
             self._stopped.set()
         return self.exit_status
@@ -205,6 +209,8 @@ class Supervisor:
         self._queue.put_nowait(PoolFailed(pool.name, reason))
 
     def _orphan_reaped(self, pid: int, returncode: int) -> None:
+        if pid == self.guardian.pid:
+            return
         self.metrics.orphans_reaped.inc()
         log.debug("reaped an orphaned descendant",
                   extra={"pid": pid, "returncode": returncode})
