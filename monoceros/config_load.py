@@ -293,12 +293,13 @@ def _resolve_exec(m: Fields, exec_text: str, cwd: str, env: dict[str, str]) -> s
     """Find the executable as a shell would, from the pool's directory."""
     if "/" in exec_text:
         path = os.path.normpath(os.path.join(cwd, exec_text))
+        shown = show(exec_text) if path == exec_text else f"{show(exec_text)} ({path})"
         if not os.path.exists(path):
-            raise m.error("exec", f"{show(exec_text)} does not exist ({path})")
+            raise m.error("exec", f"{shown} does not exist")
         if os.path.isdir(path):
-            raise m.error("exec", f"{show(exec_text)} is a directory ({path})")
+            raise m.error("exec", f"{shown} is a directory")
         if not os.access(path, os.X_OK):
-            raise m.error("exec", f"{show(exec_text)} is not executable ({path})")
+            raise m.error("exec", f"{shown} is not executable")
         return path
 
     search = env.get("PATH", os.environ.get("PATH", os.defpath))

@@ -110,10 +110,13 @@ def _duration_nanoseconds(text: str, body: str) -> Fraction:
                 "like '15s' or '1h30m'"
             )
         if not unit:
-            raise ValueError(
-                f"the duration {text!r} has no unit after {whole or ''}"
-                f"{'.' + frac if frac is not None else ''}; add one, like 's' or 'ms'"
-            )
+            number = body[pos : match.end()]
+            if pos == 0:
+                example = f"like '{number}s' or '{number}ms'"
+                raise ValueError(
+                    f"the duration {text!r} has no unit; add one, {example}"
+                )
+            raise ValueError(f"the duration {text!r} has no unit after {number!r}")
         if unit not in _NS_PER_UNIT:
             raise ValueError(
                 f"invalid duration {text!r}: unknown unit {unit!r}; "
