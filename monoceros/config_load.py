@@ -46,6 +46,7 @@ from monoceros.units import (
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NAME_MAX = 63
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PORT = re.compile(r"[0-9]{1,5}")
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the NUL
 
 _TOP_KEYS = ("admin", "xds", "supervisor")
@@ -189,7 +190,7 @@ def _split_host_port(m: Fields, key: str, address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
         raise m.error(
             key, f"expected host:port with a port from 1 to 65535, got {show(address)}"
         )

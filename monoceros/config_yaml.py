@@ -42,6 +42,17 @@ class Loader(yaml.SafeLoader):
                 )
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node, deep=False):
+        # An explicit tag (`!!int abc`, `!!timestamp x`) makes PyYAML's
+        # constructors fail with plain Python errors; give them a position.
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, AttributeError, ArithmeticError):
+            tag = node.tag.removeprefix(_TAG)
+            raise ConstructorError(
+                None, None, f"cannot read this value as !!{tag}", node.start_mark
+            ) from None
+
 
 def _construct_int(loader: Loader, node: yaml.ScalarNode) -> int:
     text = loader.construct_scalar(node)
@@ -55,7 +66,10 @@ def _construct_int(loader: Loader, node: yaml.ScalarNode) -> int:
 
 
 def _construct_bool(loader: Loader, node: yaml.ScalarNode) -> bool:
-    return loader.construct_scalar(node).lower() == "true"
+    text = loader.construct_scalar(node).lower()
+    if text not in ("true", "false"):
+        raise ValueError(text)
+    return text == "true"
 
 
 Loader.yaml_implicit_resolvers = {

@@ -309,6 +309,18 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
     assert str(info.value).startswith(expected)
 
 
+@pytest.mark.parametrize(
+    "value", ["!!int abc", "!!float x", "!!timestamp x", "!!bool maybe", "{a: !!int x}"]
+)
+def test_explicit_yaml_tags_that_do_not_fit(tmp_path, value):
+    text = f"supervisor:\n  workers:\n    - {{name: web, exec: sh, args: [{value}]}}\n"
+    path = _write(tmp_path / "tags.yaml", text)
+    with pytest.raises(
+        ConfigError, match=r"tags.yaml:3:\d+: invalid YAML: cannot read"
+    ):
+        load_config(path)
+
+
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read .*No such file"):
         load_config(str(tmp_path / "absent.yaml"))
