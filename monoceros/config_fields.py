@@ -8,6 +8,7 @@ that names the exact field and shows the value in one short line.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import re
 from collections.abc import Iterable
@@ -76,7 +77,7 @@ class Fields:
             return default
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {describe(value)}")
-        _check_text(self, key, value)
+        _check_text(self.at(key), value)
         if not value.strip():
             raise self.error(key, "must not be empty")
         return value
@@ -148,7 +149,7 @@ class Fields:
         return os.path.normpath(os.path.join(base_dir, value))
 
 
-def scalar_text(m: Fields, key: str, value: object) -> str:
+def scalar_text(field: str, value: object) -> str:
     """A YAML scalar as the worker will see it in its argv or environment."""
     if isinstance(value, bool):
         text = "true" if value else "false"
@@ -156,27 +157,21 @@ def scalar_text(m: Fields, key: str, value: object) -> str:
         text = value if isinstance(value, str) else repr(value)
     else:
         raise ConfigError(
-            f"{m.path}.{key}" if key.startswith("args[") else m.at(key),
-            f"expected a string or a number, got {describe(value)}",
+            field, f"expected a string or a number, got {describe(value)}"
         )
-    _check_text(m, key, text)
+    _check_text(field, text)
     return text
 
 
-def _check_text(m: Fields, key: str, text: str) -> None:
+def _check_text(field: str, text: str) -> None:
     # Strings end up in argv, the environment or file names: the OS takes
     # neither a NUL nor text that cannot be encoded.
-    problem = None
     if "\x00" in text:
-        problem = "must not contain a NUL character"
-    else:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            problem = "contains text that cannot be encoded as UTF-8"
-    if problem:
-        field = f"{m.path}.{key}" if key.startswith("args[") else m.at(key)
-        raise ConfigError(field, problem)
+        raise ConfigError(field, "must not contain a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(field, "contains text that cannot be encoded") from None
 
 
 def _unknown_field(key: str, known: Iterable[str]) -> str:
@@ -229,7 +224,9 @@ def _render(value: object, depth: int) -> str:
     if isinstance(value, dict | list | tuple):
         if depth >= 2:
             return "{...}" if isinstance(value, dict) else "[...]"
-        items = list(value.items() if isinstance(value, dict) else value)[:4]
+        items = list(
+            itertools.islice(value.items() if isinstance(value, dict) else value, 4)
+        )
         if isinstance(value, dict):
             shown = [f"{_render(k, 2)}: {_render(v, depth + 1)}" for k, v in items]
         else:

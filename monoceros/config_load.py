@@ -259,7 +259,7 @@ def _signal_timeout(m: Fields, default: float) -> float:
 def _args(m: Fields) -> tuple[str, ...]:
     args = []
     for i, value in enumerate(m.list("args")):
-        args.append(scalar_text(m, f"args[{i}]", value))
+        args.append(scalar_text(f"{m.at('args')}[{i}]", value))
     return tuple(args)
 
 
@@ -279,7 +279,7 @@ def _env(m: Fields) -> tuple[tuple[str, str], ...]:
                 "environment variable names are letters, digits and '_', not "
                 f"starting with a digit, got {show(key)}",
             )
-        pairs.append((key, scalar_text(env, key, item)))
+        pairs.append((key, scalar_text(env.at(key), item)))
     return tuple(pairs)
 
 

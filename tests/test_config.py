@@ -291,6 +291,12 @@ def test_messages_read_as_promised(tmp_path):
         "supervisor.workers[0].limits.jitter_ratio: expected a number, "
         "got string 'high'"
     )
+    assert error({**base, "args": ["ok", "a\x00b"]}) == (
+        "supervisor.workers[0].args[1]: must not contain a NUL character"
+    )
+    assert error({**base, "env": {"A": 1, "B": [2]}}) == (
+        "supervisor.workers[0].env.B: expected a string or a number, got list [2]"
+    )
     server = {
         "port_arg": {"name": "-p", "value_template": "{{.Foo}}", "start_port": 9090},
         "health_check_path": "/",
