@@ -126,3 +126,25 @@ class Config:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+
+# The loader lives in its own modules; its entry points are re-exported here so
+# callers import the data and the way to read it from one place. The import
+# sits at the bottom because the loader needs the classes above.
+from monoceros.config_load import load_config, parse_config  # noqa: E402
+
+__all__ = [
+    "LB_ALGORITHMS",
+    "PROTOCOLS",
+    "AdminConfig",
+    "BackoffConfig",
+    "Config",
+    "LimitsConfig",
+    "PoolConfig",
+    "PortArgConfig",
+    "ServerConfig",
+    "XdsConfig",
+    "XdsTlsConfig",
+    "load_config",
+    "parse_config",
+]
