@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The examples name monoceros-processbin: put the venv's scripts on PATH.
 run: $(STAMP)
-	$(BIN)/monoceros -c $(EXAMPLE)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/monoceros -c $(EXAMPLE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
