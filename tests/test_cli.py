@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_for_sync
+from tests.conftest import wait_for_sync
 from tests.harness import (
     Monoceros,
     pid_alive,
