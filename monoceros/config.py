@@ -55,6 +55,12 @@ class ServerConfig:
     signal_timeout: float = 10.0
     proxy_config_path: str = "./envoy"
     protocol: str = "http1"
+    # Monoceros's own probes of health_check_path: a worker that does not
+    # answer 2xx within ready_timeout of its start is restarted; a READY one
+    # failing unhealthy_threshold probes in a row is replaced.
+    ready_timeout: float = 60.0
+    health_check_interval: float = 1.0
+    unhealthy_threshold: int = 3
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ _SERVER_KEYS = (
     "signal_timeout",
     "proxy_config_path",
     "protocol",
+    "ready_timeout",
+    "health_check_interval",
+    "unhealthy_threshold",
 )
 _PORT_ARG_KEYS = ("name", "value_template", "start_port")
 
@@ -388,6 +391,17 @@ def _server(pool: Fields, base_dir: str, replicas: int) -> ServerConfig | None:
         signal_timeout=_signal_timeout(m, _server_default("signal_timeout")),
         proxy_config_path=proxy_config_path,
         protocol=m.choice("protocol", _server_default("protocol"), PROTOCOLS),
+        ready_timeout=m.duration(
+            "ready_timeout", _server_default("ready_timeout"), positive=True
+        ),
+        health_check_interval=m.duration(
+            "health_check_interval",
+            _server_default("health_check_interval"),
+            positive=True,
+        ),
+        unhealthy_threshold=m.integer(
+            "unhealthy_threshold", _server_default("unhealthy_threshold"), 1
+        ),
     )
 
 

@@ -45,20 +45,40 @@ class Endpoint:
     worker_id: str
     host: str
     port: int
+    draining: bool = False  # leaving: no new requests, in-flight ones finish
 
 
 class EndpointSink(Protocol):
-    """Where a proxy-mode pool publishes the set of its READY workers."""
+    """Where a proxy-mode pool publishes its endpoint set.
+
+    The set holds the READY workers and the DRAINING ones (flagged), so the
+    proxy stops sending new requests to a draining worker at once rather
+    than when its health checks start failing.
+    """
 
     async def publish(self, pool: str, endpoints: Sequence[Endpoint]) -> bool:
         """Publish the set; return once it is applied (True) or timed out."""
         ...
 
+    async def wait_serving(self, pool: str, endpoint: Endpoint) -> bool:
+        """Return once the proxy routes requests to `endpoint` (or timed out)."""
+        ...
+
 
 class Readiness(Protocol):
-    async def wait_ready(self, pool: Pool, worker: Worker) -> bool:
-        """Return True once `worker` is ready, False if it exited first."""
+    async def wait_ready(self, pool: Pool, worker: Worker) -> bool | None:
+        """True once `worker` is ready, False if it exited first, None if it
+        did not become ready in time."""
         ...
+
+
+class Liveness(Protocol):
+    """Periodic checks of READY workers; failing ones are replaced."""
+
+    interval: float
+    threshold: int
+
+    async def check(self, worker: Worker) -> bool: ...
 
 
 class StartupDelay:
@@ -79,6 +99,7 @@ class PoolContext:
     on_failed: Callable[[Pool, str], None]
     sink: EndpointSink | None = None
     readiness: Readiness | None = None
+    liveness: Liveness | None = None
     worker_type: str = "worker"
 
 
@@ -179,15 +200,49 @@ class Pool:
 
     async def _become_ready(self, worker: Worker) -> None:
         ready = await self.readiness.wait_ready(self, worker)
-        if ready and worker.state is WorkerState.STARTING:
+        if ready is None and worker.state is WorkerState.STARTING:
+            log.warning(
+                "worker did not become ready in time: restarting it",
+                extra=worker.log_fields,
+            )
+            # Not a requested stop: its exit counts as a crash.
+            self._track(self._stop_worker(worker))
+        elif ready and worker.state is WorkerState.STARTING:
             worker.state = WorkerState.READY
             worker.ready_at = time.monotonic()
             log.info("worker ready", extra=worker.log_fields)
             self._update_gauges()
             await self._publish()
+            if self.ctx.sink is not None and worker.port is not None:
+                endpoint = Endpoint(worker.worker_id, "127.0.0.1", worker.port)
+                if not await self.ctx.sink.wait_serving(self.name, endpoint):
+                    log.warning("proxy not yet routing to worker",
+                                extra=worker.log_fields)
+            if self.ctx.liveness is not None:
+                self._worker_task(worker, self._watch_health(worker))
         future = self._ready.get(worker)
         if future is not None and not future.done():
             future.set_result(worker.state is WorkerState.READY)
+
+    async def _watch_health(self, worker: Worker) -> None:
+        liveness = self.ctx.liveness
+        assert liveness is not None
+        failures = 0
+        while worker.state is WorkerState.READY and not worker.stop_requested:
+            await asyncio.sleep(liveness.interval)
+            if worker.state is not WorkerState.READY:
+                return
+            if await liveness.check(worker):
+                failures = 0
+                continue
+            failures += 1
+            log.warning(
+                "worker failed a health check",
+                extra={**worker.log_fields, "failures": failures},
+            )
+            if failures >= liveness.threshold:
+                self.recycle(worker, "health")
+                return
 
     async def _await_ready(self, worker: Worker) -> bool:
         future = self._ready.get(worker)
@@ -200,7 +255,7 @@ class Pool:
     async def _watch_exit(self, worker: Worker) -> None:
         assert worker.process is not None
         returncode = await worker.process.exited
-        was_ready = worker.state in (WorkerState.READY, WorkerState.DRAINING)
+        was_published = worker.ready_at is not None
         expected = worker.stop_requested
         worker.state = WorkerState.EXITED
         if self.workers.get(worker.index) is worker:
@@ -230,8 +285,8 @@ class Pool:
             # Whatever the worker left in its group goes with it.
             if worker.process.group_alive():
                 self._track(self._stop_worker(worker))
-            if was_ready:
-                await self._publish()
+        if was_published:
+            await self._publish()
         await worker.close_output()
 
     def _crashed(self, worker: Worker) -> None:
@@ -425,10 +480,17 @@ class Pool:
         return self._restarts.get(index, 0)
 
     def endpoints(self) -> list[Endpoint]:
+        """READY workers, and DRAINING ones flagged as such."""
         return [
-            Endpoint(w.worker_id, "127.0.0.1", w.port)
+            Endpoint(
+                w.worker_id,
+                "127.0.0.1",
+                w.port,
+                draining=w.state is WorkerState.DRAINING,
+            )
             for w in sorted(self.workers.values(), key=lambda w: w.index)
-            if w.state is WorkerState.READY and w.port is not None
+            if w.port is not None
+            and w.state in (WorkerState.READY, WorkerState.DRAINING)
         ]
 
     def process_samples(self) -> list[ProcessSample]:

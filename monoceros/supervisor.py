@@ -11,9 +11,8 @@ import asyncio
 import logging
 import resource
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from monoceros.config import Config, PoolConfig
 from monoceros.errors import ExitStatus, StartupError
@@ -66,13 +65,30 @@ class Command:
 Event = SignalReceived | PoolFailed | Command
 
 
+class Frontend(Protocol):
+    """What stands in front of the pools: in proxy mode, Envoys fed over xDS.
+
+    Called in this order: `start` before any worker starts,
+    `pool_context` once per pool, `drain` when shutdown begins (before any
+    worker is signalled), `stop` after every worker has stopped.
+    """
+
+    async def start(self, supervisor: Supervisor) -> None: ...
+
+    def pool_context(self, pool: PoolConfig, ctx: PoolContext) -> PoolContext: ...
+
+    async def drain(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class Supervisor:
     def __init__(
         self,
         config: Config,
         output: OutputQueue,
         metrics: Metrics | None = None,
-        context_for: Callable[[PoolConfig, PoolContext], PoolContext] | None = None,
+        frontend: Frontend | None = None,
     ):
         self.config = config
         self.output = output
@@ -82,7 +98,7 @@ class Supervisor:
         self.pools: dict[str, Pool] = {}
         self.shutting_down = False
         self.exit_status = ExitStatus.OK
-        self._context_for = context_for
+        self.frontend = frontend
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
@@ -121,6 +137,8 @@ class Supervisor:
         for sig in STOP_SIGNALS + (signal.SIGHUP,) + IGNORED_SIGNALS:
             loop.add_signal_handler(sig, self._queue.put_nowait, SignalReceived(sig))
         try:
+            if self.frontend is not None:
+                await self.frontend.start(self)
             for pool_config in self.config.pools:
                 pool = Pool(pool_config, self._pool_context(pool_config))
                 self.pools[pool.name] = pool
@@ -184,8 +202,12 @@ class Supervisor:
         self.metrics.sigterm_received.set(1)
         for task in list(self._tasks):
             task.cancel()
+        if self.frontend is not None:
+            await self.frontend.drain()
         log.info("stopping every pool")
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+        if self.frontend is not None:
+            await self.frontend.stop()
         # Anything left (a worker that ignored even SIGKILL) is reported.
         if self.reaper.children:
             log.error("children still running at exit",
@@ -201,8 +223,8 @@ class Supervisor:
             metrics=self.metrics,
             on_failed=self._pool_failed,
         )
-        if self._context_for is not None:
-            ctx = self._context_for(pool_config, ctx)
+        if self.frontend is not None:
+            ctx = self.frontend.pool_context(pool_config, ctx)
         return ctx
 
     def _pool_failed(self, pool: Pool, reason: str) -> None:
