@@ -96,6 +96,7 @@ class AdsClient:
         self.call = method(self._requests())
         self._last_nonce = 0
         self.responses: list = []
+        self.sent = 0
 
     async def _requests(self):
         while True:
@@ -123,6 +124,7 @@ class AdsClient:
             request.error_detail.code = 3
             request.error_detail.message = error
         self._outbox.put_nowait(request)
+        self.sent += 1
 
     def ack(self, response, names=None, error: str | None = None):
         """ACK (or NACK, with ``error``) a response, keeping the subscription."""
@@ -204,3 +206,55 @@ async def wait_for(predicate, timeout: float = TIMEOUT, interval: float = 0.005)
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def only_stream(server):
+    """The server side of the one stream open in a test."""
+    streams = list(server.ads.streams.values())
+    assert len(streams) == 1, f"{len(streams)} streams open"
+    return streams[0]
+
+
+async def handled(server, client: AdsClient) -> None:
+    """Wait until the server has applied every request the client sent."""
+    await wait_for(
+        lambda: server.ads.streams and only_stream(server).requests >= client.sent
+    )
+
+
+class Barrier:
+    """Proves that no response is on its way.
+
+    The stream subscribes to one route, "barrier". Changing it makes the
+    server send an RDS response; RDS goes out last in a round (R29), so if
+    anything else were due, it would arrive first.
+    """
+
+    def __init__(self, client: AdsClient, cache, node_id: str = "n1") -> None:
+        self.client = client
+        self.cache = cache
+        self.node_id = node_id
+        self.count = 0
+
+    def routes(self):
+        return [route("barrier", cluster_name=f"b{self.count}")]
+
+    async def subscribe(self) -> None:
+        self.cache.set_resources(self.node_id, routes=self.routes())
+        if self.client.delta:
+            self.client.send(types.ROUTE, resource_names_subscribe=["barrier"])
+        else:
+            self.client.send(types.ROUTE, ["barrier"])
+        self.client.ack(await self.client.recv_type(types.ROUTE), ["barrier"])
+
+    async def check(self, server) -> None:
+        """Once the server applied every request sent, nothing but the
+        barrier's own response may come."""
+        await handled(server, self.client)
+        self.count += 1
+        self.cache.set_resources(self.node_id, routes=self.routes())
+        response = await self.client.recv()
+        assert response.type_url == types.ROUTE, (
+            f"unexpected {types.short_name(response.type_url)} response"
+        )
+        self.client.ack(response, ["barrier"])
