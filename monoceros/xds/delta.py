@@ -51,6 +51,10 @@ class DeltaStream(Stream):
         # hold them (R32); names dropped are resent if the wildcard still
         # covers them (R32's exception).
         state.forget(added | dropped)
+        if not state.sub.wildcard:
+            # The wildcard may just have been dropped: what it covered is no
+            # longer the client's concern, not even its removal.
+            state.forget([n for n in state.sent if n not in state.sub.names])
         if first:
             for name, version in request.initial_resource_versions.items():
                 if state.sub.interested(name) and name not in added:

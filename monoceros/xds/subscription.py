@@ -56,7 +56,7 @@ class Subscription:
         unsubscribe = set(unsubscribe)
         if subscribe:
             self.explicit = True
-        elif first and not self.explicit:
+        elif first and not unsubscribe:
             self.wildcard = True
 
         if WILDCARD in subscribe:

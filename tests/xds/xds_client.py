@@ -255,6 +255,6 @@ class Barrier:
         self.cache.set_resources(self.node_id, routes=self.routes())
         response = await self.client.recv()
         assert response.type_url == types.ROUTE, (
-            f"unexpected {types.short_name(response.type_url)} response"
+            f"unexpected {types.short_name(response.type_url)} response: {response}"
         )
         self.client.ack(response, ["barrier"])
