@@ -8,7 +8,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
 from monoceros.xds import types
-from monoceros.xds.cache import NodeSnapshot, TypeSnapshot
+from monoceros.xds.cache import NodeSnapshot, Resource, TypeSnapshot
 from monoceros.xds.stream import Diff, Stream, TypeState, updates_for
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ class SotwStream(Stream):
             response.control_plane.identifier = self.control_plane
         return response, tuple(r.name for r in carried), complete
 
-    def _full_state(self, state, typed, diff, final):
+    def _full_state(
+        self, state: TypeState, typed: TypeSnapshot, diff: Diff, final: bool
+    ) -> tuple[list[Resource], bool]:
         """Every subscribed resource (R19); while other types still have
         updates to send, resources due for removal stay in (R29)."""
         carried = [
