@@ -1,0 +1,1 @@
+"""Messages of Monoceros's own xDS introspection service (generated)."""
