@@ -68,6 +68,10 @@ class StreamHandle(Protocol):
         """Whether the client holds (has ACKed) ``seq`` or newer of a type,
         or has nothing to receive for it."""
 
+    def rejection(self, type_url: str) -> str | None:
+        """The error of the client's last NACK of the type, if its newest
+        answer for the type was a NACK."""
+
 
 @dataclass(slots=True)
 class _Waiter:
@@ -252,6 +256,15 @@ class SnapshotCache:
             self.acks_changed(node_id)
 
         return cancel
+
+    def rejections(self, node_id: str, type_url: str) -> list[str]:
+        """Errors of open streams whose newest answer for a type is a NACK."""
+        errors = []
+        for stream in self._streams.get(node_id, ()):
+            error = stream.rejection(type_url)
+            if error is not None:
+                errors.append(error)
+        return errors
 
     def watch_count(self) -> int:
         return sum(len(s) for s in self._streams.values())

@@ -358,6 +358,12 @@ class Stream:
 
     # -- for subclasses -----------------------------------------------------
 
+    def rejection(self, type_url: str) -> str | None:
+        state = self.states.get(type_url)
+        if state is None or not state.nack_pending or state.last_nack is None:
+            return None
+        return state.last_nack.message
+
     def state_for(self, type_url: str) -> tuple[TypeState, bool]:
         """The state of a type, and whether this is its first request."""
         state = self.states.get(type_url)
