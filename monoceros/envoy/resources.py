@@ -142,13 +142,16 @@ def build_cluster(pool: PoolConfig) -> cluster_pb2.Cluster:
     cluster.connect_timeout.FromMilliseconds(int(CONNECT_TIMEOUT * 1000))
     cluster.circuit_breakers.thresholds[0].max_retries.value = MAX_RETRIES
 
-    # Panic mode would send new requests to hosts that fail their health
-    # check or are draining as soon as fewer than half are healthy; 0 turns
-    # it off (docs/envoy.md, "Panic threshold").
+    # In panic mode (fewer than half the hosts healthy) Envoy spreads new
+    # requests over hosts failing their health check too: measured, 20 of 30
+    # requests went to two failing workers beside one healthy one. 0 turns
+    # panic mode off (docs/envoy.md, "Panic threshold").
     lb = cluster.common_lb_config
     lb.healthy_panic_threshold.value = 0.0
-    # Envoy holds health and metadata changes for up to 1 s by default to
-    # batch them; a worker marked DRAINING must stop getting requests now.
+    # Envoy may hold an update that changes only health or metadata for up
+    # to 1 s when it follows another update, to batch them. With Envoy 1.40 a
+    # DRAINING mark was measured to apply at once even so; 0 makes "at once"
+    # not depend on what else changed in the last second.
     lb.update_merge_window.SetInParent()
     lb.update_merge_window.FromSeconds(0)
 

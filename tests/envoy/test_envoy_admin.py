@@ -23,12 +23,12 @@ from monoceros.envoy.resources import Endpoint
 pytestmark = pytest.mark.envoy
 
 
-async def start_worker(name: str) -> tuple[web.AppRunner, int]:
+async def start_worker(name: str, *, healthy: bool = True) -> tuple[web.AppRunner, int]:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text=name)
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        return web.Response(text="ok", status=200 if healthy else 503)
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -157,6 +157,44 @@ async def test_hash_policy_keeps_a_session_on_one_worker(
 
         spread = {await fetch(port, {"x-session-key": f"k{i}"}) for i in range(20)}
         assert spread == {"web_0", "web_1"}
+
+
+async def test_no_panic_routing_to_workers_failing_health_checks(
+    tmp_path, run_envoy, envoy_binary
+):
+    # Two of three workers fail their health check: below Envoy's default
+    # panic threshold (50 %) it would send them two requests in three.
+    started = [
+        await start_worker("good"),
+        await start_worker("sick_1", healthy=False),
+        await start_worker("sick_2", healthy=False),
+    ]
+    try:
+        endpoints = [
+            Endpoint("127.0.0.1", port, worker_id=name)
+            for (_, port), name in zip(
+                started, ("good", "sick_1", "sick_2"), strict=True
+            )
+        ]
+        pool, admin = await start_static_envoy(
+            tmp_path, run_envoy, envoy_binary, endpoints
+        )
+        async with admin:
+
+            async def sick_ones_failed() -> bool:
+                hosts = await admin.cluster_hosts("web")
+                return sorted(h.hostname for h in hosts if h.failed_active_hc) == [
+                    "sick_1",
+                    "sick_2",
+                ]
+
+            await eventually(sick_ones_failed, 10, "the health checks to fail")
+            port = pool.server.listener_port
+            answers = [await fetch(port) for _ in range(30)]
+            assert set(answers) == {"good"}
+    finally:
+        for runner, _ in started:
+            await runner.cleanup()
 
 
 async def test_unreachable_admin_errors_clearly():
