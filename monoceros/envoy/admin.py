@@ -43,7 +43,8 @@ class HostStatus:
     address: str
     port: int
     hostname: str  # the worker id, as published in EDS
-    eds_health_status: str  # UNKNOWN, HEALTHY, DRAINING, ... (from EDS)
+    # As published in EDS; Envoy 1.40 shows an UNKNOWN status as HEALTHY.
+    eds_health_status: str
     failed_active_hc: bool
     pending_active_hc: bool  # added, first health check not passed yet
     failed_outlier_check: bool  # ejected by outlier detection
