@@ -148,6 +148,7 @@ def build_cluster(pool: PoolConfig) -> cluster_pb2.Cluster:
     # panic mode off (docs/envoy.md, "Panic threshold").
     lb = cluster.common_lb_config
     lb.healthy_panic_threshold.value = 0.0
+
     # Envoy may hold an update that changes only health or metadata for up
     # to 1 s when it follows another update, to batch them. With Envoy 1.40 a
     # DRAINING mark was measured to apply at once even so; 0 makes "at once"

@@ -15,7 +15,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy_testing import eventually, free_port, make_pool
 
 from monoceros.envoy import bootstrap
-from monoceros.envoy.admin import EnvoyAdmin
+from monoceros.envoy.admin import EnvoyAdmin, EnvoyAdminError
 from monoceros.envoy.binary import envoy_command
 
 pytestmark = pytest.mark.envoy
@@ -132,7 +132,7 @@ async def test_two_envoys_share_a_host_without_shared_memory(
             async def answers(admin: EnvoyAdmin = admin) -> bool:
                 try:
                     await admin.server_info()
-                except Exception:
+                except EnvoyAdminError:
                     return False
                 return True
 
@@ -157,7 +157,7 @@ async def test_hot_restart_would_leave_shared_memory(
     async def answers() -> bool:
         try:
             await admin.server_info()
-        except Exception:
+        except EnvoyAdminError:
             return False
         return True
 
