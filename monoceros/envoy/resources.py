@@ -294,15 +294,24 @@ def _check_endpoint(endpoint: Endpoint) -> None:
 
 
 def _health_check(server: ServerConfig) -> health_check_pb2.HealthCheck:
-    codec = http_pb2.HTTP1 if server.protocol == "http1" else http_pb2.HTTP2
-    check = health_check_pb2.HealthCheck(
-        http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
-            path=server.health_check_path,
-            codec_client_type=codec,
-            # Envoy accepts only 200 by default; Monoceros's own probe, any 2xx.
-            expected_statuses=[range_pb2.Int64Range(start=200, end=300)],
-        ),
-    )
+    HealthCheck = health_check_pb2.HealthCheck
+    if server.protocol == "grpc":
+        # A gRPC server resets a plain GET stream whatever its path (measured
+        # with grpcio: every worker failed its check and got no traffic), so
+        # gRPC pools are checked with the standard grpc.health.v1 service,
+        # for the server as a whole (empty service name).
+        check = HealthCheck(grpc_health_check=HealthCheck.GrpcHealthCheck())
+    else:
+        codec = http_pb2.HTTP1 if server.protocol == "http1" else http_pb2.HTTP2
+        check = HealthCheck(
+            http_health_check=HealthCheck.HttpHealthCheck(
+                path=server.health_check_path,
+                codec_client_type=codec,
+                # Envoy accepts only 200 by default; Monoceros's probe, any 2xx.
+                expected_statuses=[range_pb2.Int64Range(start=200, end=300)],
+            )
+        )
+
     check.timeout.FromMilliseconds(int(HEALTH_CHECK_TIMEOUT * 1000))
     check.interval.FromMilliseconds(int(HEALTH_CHECK_INTERVAL * 1000))
     check.interval_jitter.FromMilliseconds(100)

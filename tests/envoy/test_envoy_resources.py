@@ -101,8 +101,19 @@ def test_h2_upstreams(protocol):
     packed = cluster.typed_extension_protocol_options[resources.HTTP_PROTOCOL_OPTIONS]
     assert packed.Unpack(options)
     assert options.explicit_http_config.HasField("http2_protocol_options")
-    (check,) = cluster.health_checks
+
+
+def test_http2_health_check_speaks_http2():
+    (check,) = resources.build_cluster(make_pool(protocol="http2")).health_checks
+    assert check.http_health_check.path == "/healthz"
     assert check.http_health_check.codec_client_type == http_pb2.HTTP2
+
+
+def test_grpc_health_check_uses_the_grpc_health_service():
+    (check,) = resources.build_cluster(make_pool(protocol="grpc")).health_checks
+    assert check.WhichOneof("health_checker") == "grpc_health_check"
+    assert check.grpc_health_check.service_name == ""
+    assert check.interval.ToMilliseconds() == 1000
 
 
 def test_route_retries_and_timeouts():
