@@ -55,6 +55,10 @@ def build_bootstrap(
 ) -> bootstrap_pb2.Bootstrap:
     """The bootstrap for ``pool``'s Envoy, fed over ADS from ``xds_socket``.
 
+    ``xds_socket`` is the Unix socket path of the xDS server, used as given:
+    pass it absolute, as Envoy resolves a relative one against its own
+    working directory.
+
     ``delta`` selects incremental xDS (``DELTA_GRPC``) instead of the state
     of the world (``GRPC``).
     """
@@ -97,7 +101,8 @@ def write_bootstrap(bootstrap: bootstrap_pb2.Bootstrap, directory: str) -> str:
     """
     pool = names.pool_of_node(bootstrap.node.id)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, names.bootstrap_filename(pool))
+    # Absolute, so Envoy finds it whatever working directory it is given.
+    path = os.path.abspath(os.path.join(directory, names.bootstrap_filename(pool)))
     text = json_format.MessageToJson(bootstrap, indent=2, sort_keys=True)
 
     fd, tmp = tempfile.mkstemp(prefix=".bootstrap-", suffix=".tmp", dir=directory)
