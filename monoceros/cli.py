@@ -101,7 +101,12 @@ async def _serve(config, output) -> ExitStatus:
     from monoceros.admin import AdminServer
     from monoceros.supervisor import Supervisor
 
-    supervisor = Supervisor(config, output)
+    frontend = None
+    if config.proxy_mode:
+        from monoceros.envoy.frontend import ProxyFrontend
+
+        frontend = ProxyFrontend(config)
+    supervisor = Supervisor(config, output, frontend=frontend)
     admin = AdminServer(supervisor, config.admin)
     await admin.start()
     _warn_tcp_migrate_req(config)

@@ -191,6 +191,9 @@ def setup_logging(debug: bool, output: OutputQueue | None = None) -> OutputQueue
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # A record that cannot be formatted is dropped, not printed with a
+    # traceback to stderr (which may be the very output that is blocked).
+    logging.raiseExceptions = False
     # Third-party libraries are quiet unless something is wrong.
     for name in ("aiohttp.access", "grpc", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)

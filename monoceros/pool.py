@@ -154,12 +154,17 @@ class Pool:
         return server.port_arg.start_port + index if server else None
 
     def _argv(self, worker: Worker) -> list[str]:
-        argv = [self.config.exec_path or self.config.exec]
+        """exec, args, then the port argument.
+
+        The original put the port argument first; it goes last here so that
+        an interpreter (`python server.py`, `node app.js`) can be the exec.
+        """
+        argv = [self.config.exec_path or self.config.exec, *self.config.args]
         server = self.config.server
         if server is not None and worker.port is not None:
             value = render_port_template(server.port_arg.value_template, worker.port)
             argv += [server.port_arg.name, value]
-        return argv + list(self.config.args)
+        return argv
 
     def _spawn(self, index: int) -> Worker | None:
         if self.stopping:
@@ -254,7 +259,7 @@ class Pool:
 
     async def _watch_exit(self, worker: Worker) -> None:
         assert worker.process is not None
-        returncode = await worker.process.exited
+        returncode = await worker.process.wait()
         was_published = worker.ready_at is not None
         expected = worker.stop_requested
         worker.state = WorkerState.EXITED

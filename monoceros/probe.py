@@ -52,8 +52,36 @@ class HttpProbe:
             self._session = None
 
 
+class GrpcProbe:
+    """The standard gRPC health service: healthy when the server is SERVING.
+
+    gRPC servers answer a plain HTTP GET with a reset stream, so pools whose
+    workers speak gRPC are probed the way Envoy checks them.
+    """
+
+    def __init__(self, timeout: float = 1.0):
+        self.timeout = timeout
+
+    async def check(self, port: int) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=self.timeout
+                )
+            except grpc.aio.AioRpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def close(self) -> None:
+        return None
+
+
 async def wait_http_ready(
-    probe: HttpProbe, worker: Worker, timeout: float
+    probe: HttpProbe | GrpcProbe, worker: Worker, timeout: float
 ) -> bool | None:
     """Probe until 2xx (True), the worker exits (False) or `timeout` (None).
 

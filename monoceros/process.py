@@ -12,6 +12,9 @@ Each child is spawned from the event loop's thread with a parent-death
 signal (SIGKILL). On Linux that signal follows the *thread* that forked the
 child, not the process: spawning from a worker thread would kill the child
 when that thread ends.
+
+The argv reported for a process (and its pid) is the command's own: the
+exec wrapper that sets the signal replaces itself with the command.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import ctypes
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +36,6 @@ from monoceros.guardian import Guardian
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 try:
@@ -48,15 +52,19 @@ def become_subreaper() -> bool:
     return _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def _child_setup(parent_pid: int) -> None:
-    # Runs in the child between fork and exec: async-signal-safe calls only.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        # The parent may have died before prctl took effect.
-        if os.getppid() != parent_pid:
-            os._exit(127)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+def _pdeathsig_prefix() -> list[str]:
+    """An exec wrapper that sets the parent-death signal, if one exists.
+
+    Python code must not run between fork and exec here: gRPC's threads may
+    hold locks at the moment of the fork (a worker crashed with SIGSEGV in
+    a `preexec_fn` this way). util-linux's `setpriv` sets the signal and
+    execs the command, so the fork stays in C. Without it, the guardian
+    (see `monoceros.guardian`) is the only protection.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return []
+    return [setpriv, "--pdeathsig", "KILL", "--"]
 
 
 def describe_status(returncode: int) -> str:
@@ -89,6 +97,11 @@ class Process:
     @property
     def alive(self) -> bool:
         return self.returncode is None
+
+    async def wait(self) -> int:
+        """The return code, once reaped. Cancelling the caller leaves the
+        shared `exited` future alone for everyone else waiting on it."""
+        return await asyncio.shield(self.exited)
 
     def group_alive(self) -> bool:
         """Whether any process is left in the group (the leader or others)."""
@@ -156,6 +169,7 @@ class ChildReaper:
         self._on_orphan = on_orphan
         self._guardian = guardian
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._prefix = _pdeathsig_prefix()
 
     def install(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -184,10 +198,8 @@ class ChildReaper:
 
         Only fds 0-2 and `pass_fds` are inherited; stdin is /dev/null.
         """
-        parent = os.getpid()
         popen = subprocess.Popen(
-            list(argv),
-            executable=argv[0],
+            self._prefix + list(argv),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
@@ -196,7 +208,7 @@ class ChildReaper:
             close_fds=True,
             pass_fds=tuple(pass_fds),
             start_new_session=True,
-            preexec_fn=lambda: _child_setup(parent),
+            restore_signals=True,
         )
         # The reaper, not Popen, waits for this pid: stop Popen from trying.
         popen.returncode = 0

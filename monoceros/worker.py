@@ -60,11 +60,12 @@ class Worker:
     ready_at: float | None = None  # monotonic
     stop_requested: bool = False
     retire_reason: str | None = None
+    name: str | None = None  # overrides "<pool>-<index>" (the pool's Envoy)
     _readers: list[PipeReader] = field(default_factory=list)
 
     @property
     def worker_id(self) -> str:
-        return f"{self.pool}-{self.index}"
+        return self.name or f"{self.pool}-{self.index}"
 
     @property
     def env_id(self) -> str:

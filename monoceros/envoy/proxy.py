@@ -1,0 +1,199 @@
+"""One pool's Envoy process: start, readiness, restart on exit, drain, stop.
+
+Envoy reads only its bootstrap from a file; listeners, routes, clusters and
+endpoints arrive over ADS. So a restarted Envoy needs nothing but to be
+started again: it re-fetches the current state from the xDS server, which
+must therefore be up before the first Envoy starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+
+from monoceros.config import PoolConfig
+from monoceros.envoy import names
+from monoceros.envoy.admin import EnvoyAdmin, EnvoyAdminError
+from monoceros.envoy.binary import envoy_command
+from monoceros.envoy.bootstrap import build_bootstrap, write_bootstrap
+from monoceros.errors import StartupError
+from monoceros.logs import OutputQueue
+from monoceros.metrics import Metrics
+from monoceros.output import LineForwarder
+from monoceros.process import ChildReaper
+from monoceros.worker import Worker, WorkerState
+from monoceros.xds import SnapshotCache, types
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+RESTART_BACKOFF = (0.1, 5.0)  # first delay, cap
+
+
+class EnvoyProxy:
+    def __init__(
+        self,
+        pool: PoolConfig,
+        *,
+        binary: str,
+        xds_socket: str,
+        cache: SnapshotCache,
+        reaper: ChildReaper,
+        output: OutputQueue,
+        metrics: Metrics,
+    ):
+        assert pool.server is not None
+        self.pool = pool
+        self.server = pool.server
+        self.node = names.node_id(pool.name)
+        self.cache = cache
+        self.admin = EnvoyAdmin("127.0.0.1", self.server.admin_port)
+        self._binary = binary
+        self._xds_socket = xds_socket
+        self._reaper = reaper
+        self._output = output
+        self._metrics = metrics
+        self._bootstrap_path: str | None = None
+        self._process: Worker | None = None
+        self._stopping = False
+        self._supervise_task: asyncio.Task | None = None
+        metrics.restarts.labels(pool.name, "proxy")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    # ---------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        """Start Envoy and wait until it serves the pool's listener."""
+        bootstrap = build_bootstrap(self.pool, self._xds_socket)
+        self._bootstrap_path = write_bootstrap(bootstrap, self.server.proxy_config_path)
+        self._spawn()
+        await self._wait_serving(START_TIMEOUT)
+        self._supervise_task = asyncio.create_task(self._supervise())
+
+    def _spawn(self) -> None:
+        assert self._bootstrap_path is not None
+        argv = envoy_command(
+            self._binary, self._bootstrap_path, drain_time=self.pool.signal_timeout
+        )
+        worker = Worker(self.pool.name, -1, name=f"{self.pool.name}-envoy")
+        forwarder = LineForwarder(
+            self._output, self.pool.name, worker.worker_id,
+            on_bad_json=self._metrics.failed_json.inc,
+        )
+        try:
+            worker.spawn(self._reaper, argv, dict(os.environ), None, forwarder)
+        except OSError as exc:
+            raise StartupError(f"pool {self.pool.name}: cannot start Envoy: {exc}")
+        self._process = worker
+        log.info(
+            "envoy started",
+            extra={"pool": self.pool.name, "pid": worker.pid,
+                   "admin_port": self.server.admin_port},
+        )
+
+    async def _wait_serving(self, timeout: float) -> None:
+        """LIVE on the admin port and the pool's listener active.
+
+        Envoy's own readiness is no proof the configuration was applied: a
+        listener Envoy rejects (its port taken, say) is NACKed and Envoy still
+        turns LIVE, with no listener. That is a start-up error here.
+        """
+        assert self._process is not None and self._process.process is not None
+        exited = self._process.process.exited
+        listener = names.listener_name(self.pool.name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if exited.done():
+                raise StartupError(
+                    f"pool {self.pool.name}: Envoy exited during start-up "
+                    f"(status {exited.result()}); see its log lines above"
+                )
+            rejected = self.cache.rejections(self.node, types.LISTENER)
+            if rejected:
+                raise StartupError(
+                    f"pool {self.pool.name}: Envoy rejected the listener on "
+                    f"{self.server.listener_address}:{self.server.listener_port}: "
+                    f"{rejected[0]}"
+                )
+            if await self.admin.ready() and await self._has_listener(listener):
+                log.info("envoy serving", extra={"pool": self.pool.name,
+                                                 "pid": self.pid})
+                return
+            await asyncio.wait([exited], timeout=0.05)
+        raise StartupError(
+            f"pool {self.pool.name}: Envoy did not serve its listener within "
+            f"{timeout:g}s (admin port {self.server.admin_port})"
+        )
+
+    async def _has_listener(self, name: str) -> bool:
+        try:
+            return any(lst.name == name for lst in await self.admin.listeners())
+        except EnvoyAdminError:
+            return False
+
+    # --------------------------------------------------------------- restart
+
+    async def _supervise(self) -> None:
+        """Restart Envoy whenever it exits unless Monoceros is stopping."""
+        streak = 0
+        while not self._stopping:
+            assert self._process is not None and self._process.process is not None
+            started = time.monotonic()
+            returncode = await self._process.process.wait()
+            self._reaper.forget_group(self._process.process)
+            await self._process.close_output()
+            if self._stopping:
+                return
+            log.error(
+                "envoy exited: restarting it",
+                extra={"pool": self.pool.name, "returncode": returncode},
+            )
+            streak = 1 if time.monotonic() - started > 30 else streak + 1
+            first, cap = RESTART_BACKOFF
+            delay = min(cap, first * 2 ** (streak - 1))
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            if self._stopping:
+                return
+            self._metrics.restarts.labels(self.pool.name, "proxy").inc()
+            self._metrics.restart_reasons.labels(
+                self.pool.name, "proxy", "crash"
+            ).inc()
+            try:
+                self._spawn()
+                await self._wait_serving(START_TIMEOUT)
+            except StartupError as exc:
+                log.error(str(exc), extra={"pool": self.pool.name})
+
+    # ------------------------------------------------------------ shutdown
+
+    async def drain(self) -> None:
+        """Ask Envoy to drain its listeners gracefully (shutdown step 2)."""
+        if self._process is None or self._process.state is WorkerState.EXITED:
+            return
+        try:
+            await self.admin.drain_listeners(graceful=True)
+            log.info("envoy listeners draining", extra={"pool": self.pool.name})
+        except EnvoyAdminError as exc:
+            log.warning("cannot drain envoy listeners",
+                        extra={"pool": self.pool.name, "error": str(exc)})
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervise_task is not None:
+            self._supervise_task.cancel()
+        worker = self._process
+        if worker is not None and worker.process is not None:
+            result = await worker.stop(self.server.signal_timeout)
+            if result.killed:
+                self._metrics.sigkill.labels(self.pool.name).inc()
+            self._reaper.forget_group(worker.process)
+            await worker.close_output()
+            log.info("envoy stopped", extra={"pool": self.pool.name,
+                                             "returncode": result.returncode})
+        await self.admin.close()
