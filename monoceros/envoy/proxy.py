@@ -89,7 +89,9 @@ class EnvoyProxy:
         try:
             worker.spawn(self._reaper, argv, dict(os.environ), None, forwarder)
         except OSError as exc:
-            raise StartupError(f"pool {self.pool.name}: cannot start Envoy: {exc}")
+            raise StartupError(
+                f"pool {self.pool.name}: cannot start Envoy: {exc}"
+            ) from exc
         self._process = worker
         log.info(
             "envoy started",
