@@ -150,6 +150,22 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
 def wait_gone(pids: list[int], timeout: float = 5.0) -> float:
     t0 = time.monotonic()
     wait_for_sync(lambda: not any(pid_alive(p) for p in pids), timeout=timeout)
