@@ -46,9 +46,6 @@ MAX_HEADERS = 100
 IDLE_TIMEOUT = 60.0
 # How long a client may take to send a request head, or each chunk of a body.
 REQUEST_TIMEOUT = 10.0
-# During a drain, how long an idle keep-alive connection may still send one
-# more request.
-KEEPALIVE_GRACE = 1.0
 # After answering with Connection: close, how long to wait for the client to
 # close its side, so unread bytes in our receive buffer do not turn the close
 # into a reset that destroys the response in flight.
@@ -117,6 +114,7 @@ class Options:
     ignore_signals: bool
     signal_timeout: float
     drain_timeout: float
+    keepalive_grace: float
     log_fixed: str | None
     log_size: int
     log_interval: float
@@ -221,6 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     life("-i", "--ignore-signals", action="store_true")
     life("-o", "--signal-timeout", type=_seconds, default=0.0)
     life("--drain-timeout", type=_seconds, default=10.0)
+    life("--keepalive-grace", type=_seconds, default=1.0, help="in a drain")
 
     logs = parser.add_argument_group("logging").add_argument
     logs("-f", "--log-fixed", default=None, help="default: random hex")
@@ -475,7 +474,8 @@ class HttpServer:
         """Stop accepting now and give idle connections their last grace."""
         self._draining = True
         now = self._loop.time()
-        self._grace_deadline = min(now + KEEPALIVE_GRACE, now + timeout)
+        grace = min(self._opts.keepalive_grace, timeout)
+        self._grace_deadline = now + grace
 
         if self._sock is not None:
             self._loop.remove_reader(self._sock.fileno())

@@ -113,8 +113,14 @@ class Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return cls(reader, writer)
 
-    def send(self, method: str = "GET", path: str = "/", body: bytes = b"",
-             version: str = "HTTP/1.1", headers: str = "") -> None:  # fmt: skip
+    def send(
+        self,
+        method: str = "GET",
+        path: str = "/",
+        body: bytes = b"",
+        version: str = "HTTP/1.1",
+        headers: str = "",
+    ) -> None:
         head = f"{method} {path} {version}\r\nHost: test\r\n{headers}"
         if body:
             head += f"Content-Length: {len(body)}\r\n"
@@ -335,6 +341,60 @@ async def test_requests_in_flight_complete_during_the_drain(start: Start):
     assert response.status == 200
     assert response.headers["connection"] == "close"
     assert (await worker.event("drained"))["connections_cut"] == 0
+    assert await worker.exit_status() == 143
+
+
+async def test_an_idle_connection_is_closed_after_the_grace(start: Start):
+    worker = await serve(start, "--keepalive-grace", "0.2")
+    client = await Client.connect(worker.port)
+    assert (await client.get()).status == 200
+
+    worker.signal(signal.SIGTERM)
+
+    assert await client.at_eof()
+    assert (await worker.event("drained"))["connections_cut"] == 0
+    assert await worker.exit_status() == 143
+
+
+async def test_a_request_longer_than_the_drain_timeout_is_cut(start: Start):
+    worker = await serve(start, "--drain-timeout", "0.3")
+    client = await Client.connect(worker.port)
+    ticks = cpu_ticks(worker.pid)
+    client.send("GET", "/?work_ms=20000")
+
+    async def burning() -> bool:
+        return cpu_ticks(worker.pid) - ticks >= 0.05 * CLK_TCK
+
+    await eventually(burning, "the request never started")
+    worker.signal(signal.SIGTERM)
+
+    assert await client.at_eof()
+    assert (await worker.event("drained"))["connections_cut"] == 1
+    assert await worker.exit_status() == 143
+
+
+QUEUED = 200
+
+
+async def test_connections_queued_in_the_kernel_are_served_in_a_drain(
+    start: Start,
+):
+    worker = await serve(start)
+    # Stopped, the worker cannot accept: the handshakes complete in the
+    # kernel's queue, and SIGTERM is pending when it resumes. More are queued
+    # than one round of accepting takes, so the signal is handled while some
+    # still wait in the queue.
+    worker.signal(signal.SIGSTOP)
+    clients = [await Client.connect(worker.port) for _ in range(QUEUED)]
+    for client in clients:
+        client.send("GET", "/")
+    worker.signal(signal.SIGTERM)
+    worker.signal(signal.SIGCONT)
+
+    responses = [await client.response() for client in clients]
+
+    assert [r.status for r in responses] == [200] * QUEUED
+    assert {r.headers["connection"] for r in responses} == {"close"}
     assert await worker.exit_status() == 143
 
 
