@@ -210,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="A test worker that behaves like a small, well-behaved "
         "server, with switches for misbehaviour.",
+        epilog="Durations are in seconds and may be fractional. "
+        "See docs/processbin.md.",
     )
     # The one-letter aliases are those of the Go original's processbin, so
     # command lines written for it keep working.
