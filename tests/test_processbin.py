@@ -239,6 +239,19 @@ async def test_post_body_is_discarded_and_head_has_no_body(start: Start):
     client.close()
 
 
+async def test_pipelined_requests_are_answered_in_order(start: Start):
+    worker = await serve(start)
+    client = await Client.connect(worker.port)
+
+    client.send("GET", "/health")
+    client.send("GET", "/missing")
+    client.send("GET", "/", headers="Connection: close\r\n")
+    statuses = [(await client.response()).status for _ in range(3)]
+
+    assert statuses == [200, 404, 200]
+    assert await client.at_eof()
+
+
 async def test_http10_and_bad_requests_close_the_connection(start: Start):
     worker = await serve(start)
 
