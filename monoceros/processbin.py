@@ -7,7 +7,9 @@ graceful drain.
 
 It stands alone on purpose: standard library only, nothing imported from the
 rest of Monoceros, so a test of the supervisor never depends on the code under
-test, and it starts as fast as a bare interpreter with asyncio allows.
+test, and it starts as fast as a bare interpreter with asyncio allows. It
+writes its lines itself rather than through `logging`: their exact bytes are
+what the supervisor's tests look at.
 
 The drain on SIGTERM/SIGINT follows what a careful server does:
 
@@ -90,21 +92,8 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 METHODS = (b"GET", b"HEAD", b"POST")
-DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-MONTHS = (
-    "Jan",
-    "Feb",
-    "Mar",
-    "Apr",
-    "May",
-    "Jun",
-    "Jul",
-    "Aug",
-    "Sep",
-    "Oct",
-    "Nov",
-    "Dec",
-)
+DAYS = "Mon Tue Wed Thu Fri Sat Sun".split()
+MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 
 
 @dataclasses.dataclass(frozen=True)
