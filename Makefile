@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXAMPLE ?= examples/proxy.yaml
 PYTEST_ARGS ?=
+# Two processes: the suite is mostly waiting on real processes and Envoys.
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test install lint bench clean
 
@@ -21,7 +23,7 @@ run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/monoceros -c $(EXAMPLE)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check monoceros tests benchmarks
