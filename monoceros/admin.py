@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monoceros.config import AdminConfig
 from monoceros.errors import StartupError
-from monoceros.supervisor import Supervisor
+from monoceros.supervisor import CommandError, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class AdminServer:
                 web.get("/health", self.health),
                 web.get("/workers", self.workers),
                 web.post("/pools/{pool}/restart", self.restart_pool),
+                web.post("/pools/{pool}/scale", self.scale_pool),
             ]
         )
         self.app = app
@@ -118,10 +119,32 @@ class AdminServer:
         return web.json_response({"time": now, "workers": rows})
 
     async def restart_pool(self, request: web.Request) -> web.Response:
-        name = request.match_info["pool"]
-        if name not in self.supervisor.pools:
-            return web.json_response(
-                {"error": f"no pool named {name!r}"}, status=404
-            )
-        replaced = await self.supervisor.request("restart", name)
-        return web.json_response({"pool": name, "replaced": replaced})
+        return await self._command("restart", request.match_info["pool"])
+
+    async def scale_pool(self, request: web.Request) -> web.Response:
+        """POST /pools/<name>/scale with {"replicas": N} (or ?replicas=N)."""
+        raw = request.query.get("replicas")
+        if raw is None and request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                return _error("the body must be JSON like {\"replicas\": 4}", 400)
+            raw = body.get("replicas") if isinstance(body, dict) else None
+        try:
+            replicas = int(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            replicas = raw
+        if replicas is None:
+            return _error("replicas is required", 400)
+        return await self._command("scale", request.match_info["pool"], replicas)
+
+    async def _command(self, action: str, pool: str, value=None) -> web.Response:
+        try:
+            result = await self.supervisor.request(action, pool, value)
+        except CommandError as exc:
+            return _error(str(exc), 404 if exc.not_found else 400)
+        return web.json_response(result)
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -23,8 +23,9 @@ def _run_parser() -> argparse.ArgumentParser:
         prog="monoceros",
         description="Run, keep alive, recycle and gracefully stop pools of "
         "server workers, optionally behind an Envoy fed over xDS.",
-        epilog="Other commands: 'monoceros xds status|dump' "
-        "(see 'monoceros xds --help').",
+        epilog="Commands for a running Monoceros: status, restart POOL, "
+        "scale POOL N, reload, xds status, xds dump (see 'monoceros "
+        "COMMAND --help').",
     )
     parser.add_argument("-c", "--config", help="path to the YAML configuration")
     parser.add_argument(
@@ -51,10 +52,13 @@ def _subcommand_parser() -> argparse.ArgumentParser:
         xds_cli = None
     if xds_cli is not None:
         xds_cli.register(subparsers)
+    from monoceros import control
+
+    control.register(subparsers)
     return parser
 
 
-SUBCOMMANDS = ("xds",)
+SUBCOMMANDS = ("xds", "status", "restart", "scale", "reload")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,11 @@ class Config:
 # The loader lives in its own modules; its entry points are re-exported here so
 # callers import the data and the way to read it from one place. The import
 # sits at the bottom because the loader needs the classes above.
-from monoceros.config_load import load_config, parse_config  # noqa: E402
+from monoceros.config_load import (  # noqa: E402
+    check_config,
+    load_config,
+    parse_config,
+)
 
 __all__ = [
     "LB_ALGORITHMS",
@@ -151,6 +155,7 @@ __all__ = [
     "ServerConfig",
     "XdsConfig",
     "XdsTlsConfig",
+    "check_config",
     "load_config",
     "parse_config",
 ]

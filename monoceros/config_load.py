@@ -419,6 +419,13 @@ def _port_arg(m: Fields) -> PortArgConfig:
     return PortArgConfig(name=name, value_template=template, start_port=start_port)
 
 
+def check_config(config: Config) -> None:
+    """The checks across pools, for a configuration changed at run time
+    (a pool scaled through the admin API, say)."""
+    _check_names(config)
+    _check_ports(config)
+
+
 def _check_names(config: Config) -> None:
     first: dict[str, int] = {}
     for i, pool in enumerate(config.pools):

@@ -15,6 +15,7 @@ span awaits (a replacement) are serialized by one lock per pool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -414,6 +415,44 @@ class Pool:
         if worker.process is not None and not worker.process.group_alive():
             self.ctx.reaper.forget_group(worker.process)
         self._update_gauges()
+
+    # ---------------------------------------------------------------- scale
+
+    async def scale(self, replicas: int) -> dict:
+        """Run `replicas` workers from now on; return what changed.
+
+        New workers start at the lowest free indexes (in proxy mode they join
+        Envoy when ready); surplus workers, highest indexes first, are
+        drained and stopped. Nothing else restarts.
+        """
+        self.config = dataclasses.replace(self.config, replicas=replicas)
+        self.desired = replicas
+        live = sorted(
+            (w for w in self.workers.values()
+             if w.state in LIVE_STATES and not w.stop_requested),
+            key=lambda w: w.index,
+        )
+        started, stopped = [], []
+        for n in range(replicas - len(live)):
+            if self.stopping:
+                break
+            if n and self.config.startup_wait_time:
+                await asyncio.sleep(self.config.startup_wait_time)
+            worker = self._spawn(self._free_index())
+            if worker is not None:
+                started.append(worker.worker_id)
+        surplus = live[replicas:] if len(live) > replicas else []
+        for worker in surplus:
+            worker.retire_reason = "scale"
+            stopped.append(worker.worker_id)
+        await asyncio.gather(*(self._retire(w) for w in surplus))
+        self._update_gauges()
+        log.info(
+            "pool scaled",
+            extra={"pool": self.name, "replicas": replicas,
+                   "started": started, "stopped": stopped},
+        )
+        return {"replicas": replicas, "started": started, "stopped": stopped}
 
     # --------------------------------------------------------------- limits
 

@@ -8,14 +8,15 @@ call into it (`request`, `healthy`, `workers`), never the reverse.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
 import signal
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from monoceros.config import Config, PoolConfig
-from monoceros.errors import ExitStatus, StartupError
+from monoceros.config import Config, PoolConfig, check_config
+from monoceros.errors import ConfigError, ExitStatus, MonocerosError, StartupError
 from monoceros.guardian import Guardian
 from monoceros.logs import OutputQueue
 from monoceros.metrics import Metrics
@@ -59,7 +60,18 @@ class Command:
 
     action: str
     pool: str | None
+    value: Any
     reply: asyncio.Future = field(compare=False)
+
+
+class CommandError(MonocerosError):
+    """A request that cannot be carried out; `not_found` for unknown names."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(self, message: str, not_found: bool = False):
+        super().__init__(message)
+        self.not_found = not_found
 
 
 Event = SignalReceived | PoolFailed | Command
@@ -113,10 +125,15 @@ class Supervisor:
             return False
         return all(pool.healthy() for pool in self.pools.values())
 
-    async def request(self, action: str, pool: str | None = None) -> Any:
-        """Queue a command (from the admin API) and wait for its result."""
+    async def request(
+        self, action: str, pool: str | None = None, value: Any = None
+    ) -> Any:
+        """Queue a command (from the admin API) and wait for its result.
+
+        Raises CommandError for a request that cannot be carried out.
+        """
         reply = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(Command(action, pool, reply))
+        self._queue.put_nowait(Command(action, pool, value, reply))
         return await reply
 
     def stop(self) -> None:
@@ -182,20 +199,54 @@ class Supervisor:
                     self._handle_command(event)
 
     def _handle_command(self, command: Command) -> None:
-        match command.action:
-            case "restart":
-                pool = self.pools.get(command.pool or "")
-                if pool is None:
-                    command.reply.set_exception(KeyError(command.pool))
-                    return
-                task = self._spawn_task(pool.rolling_restart())
-                task.add_done_callback(
-                    lambda t: command.reply.set_result(t.result())
-                    if not t.cancelled() and t.exception() is None
-                    else command.reply.cancel()
-                )
-            case _:
-                command.reply.set_exception(ValueError(command.action))
+        handlers = {"restart": self._restart_pool, "scale": self._scale_pool}
+        handler = handlers.get(command.action)
+        if handler is None:
+            command.reply.set_exception(CommandError(f"unknown {command.action!r}"))
+            return
+        task = self._spawn_task(handler(command))
+
+        def relay(task: asyncio.Task) -> None:
+            if command.reply.done():
+                return
+            if task.cancelled():
+                command.reply.set_exception(CommandError("Monoceros is stopping"))
+            elif task.exception() is not None:
+                command.reply.set_exception(task.exception())
+            else:
+                command.reply.set_result(task.result())
+
+        task.add_done_callback(relay)
+
+    def _pool_named(self, name: str | None) -> Pool:
+        pool = self.pools.get(name or "")
+        if pool is None:
+            raise CommandError(f"no pool named {name!r}", not_found=True)
+        return pool
+
+    async def _restart_pool(self, command: Command) -> dict:
+        pool = self._pool_named(command.pool)
+        log.info("rolling restart requested", extra={"pool": pool.name})
+        return {"pool": pool.name, "replaced": await pool.rolling_restart()}
+
+    async def _scale_pool(self, command: Command) -> dict:
+        pool = self._pool_named(command.pool)
+        replicas = command.value
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise CommandError(f"replicas must be an integer >= 1, got {replicas!r}")
+        pools = tuple(
+            dataclasses.replace(p, replicas=replicas) if p.name == pool.name else p
+            for p in self.config.pools
+        )
+        candidate = dataclasses.replace(self.config, pools=pools)
+        try:
+            check_config(candidate)
+        except ConfigError as exc:
+            raise CommandError(
+                f"cannot scale {pool.name} to {replicas}: {exc}"
+            ) from exc
+        self.config = candidate
+        return {"pool": pool.name, **await pool.scale(replicas)}
 
     async def _shutdown(self) -> None:
         self.shutting_down = True

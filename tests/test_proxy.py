@@ -231,3 +231,21 @@ def test_listener_port_taken_is_a_startup_error(tmp_path):
             m.close()
     assert b"rejected the listener" in m.stderr()
     assert not pid_alive(m.proc.pid)
+
+
+def test_scale_under_load_joins_and_drains_through_envoy(proxy):
+    pool = proxy_pool(replicas=2)
+    m = proxy(pool)
+    with Load(url(pool), concurrency=6, max_seconds=60) as load:
+        wait_for_sync(lambda: load.snapshot()[0] > 100)
+        status, _ = m.post("/pools/web/scale?replicas=4")
+        assert status == 200
+        wait_for_sync(lambda: sorted(cluster_hosts(pool).values())
+                      == ["HEALTHY"] * 4)
+        status, _ = m.post("/pools/web/scale?replicas=1")
+        assert status == 200
+        wait_for_sync(lambda: len(cluster_hosts(pool)) == 1)
+        done = load.snapshot()[0]
+        wait_for_sync(lambda: load.snapshot()[0] > done + 100)
+    assert load.tally.failed == 0, (load.tally.statuses, load.tally.errors)
+    assert len(load.tally.workers) == 4
