@@ -6,6 +6,7 @@ change state accept POST only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -26,6 +27,7 @@ class AdminServer:
         self.config = config
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._closing: asyncio.Task | None = None
         app = web.Application()
         app.add_routes(
             [
@@ -34,6 +36,7 @@ class AdminServer:
                 web.get("/workers", self.workers),
                 web.post("/pools/{pool}/restart", self.restart_pool),
                 web.post("/pools/{pool}/scale", self.scale_pool),
+                web.post("/reload", self.reload),
             ]
         )
         self.app = app
@@ -59,6 +62,36 @@ class AdminServer:
             "admin listening",
             extra={"address": self.config.address, "port": self.port},
         )
+
+    async def reconfigure(self, config) -> str | None:
+        """Move to a new admin address after a reload.
+
+        The new address is bound before the old one closes, and the old one
+        closes a moment later, so the reply to the request that asked for
+        the reload still goes out on it.
+        """
+        if config.admin == self.config or self._runner is None:
+            return None
+        old_sites = list(self._runner.sites)
+        new = config.admin
+        site = web.TCPSite(self._runner, new.address, new.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("admin: cannot move to the new address; keeping the old one",
+                      extra={"address": new.address, "port": new.port,
+                             "error": str(exc)})
+            return f"not moved: cannot listen on {new.address}:{new.port}: {exc}"
+        self.config = new
+
+        async def close_old() -> None:
+            await asyncio.sleep(0.5)
+            for old in old_sites:
+                await old.stop()
+
+        self._closing = asyncio.create_task(close_old())
+        log.info("admin listening", extra={"address": new.address, "port": new.port})
+        return f"moved to {new.address}:{new.port}"
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -138,7 +171,12 @@ class AdminServer:
             return _error("replicas is required", 400)
         return await self._command("scale", request.match_info["pool"], replicas)
 
-    async def _command(self, action: str, pool: str, value=None) -> web.Response:
+    async def reload(self, request: web.Request) -> web.Response:
+        return await self._command("reload", None)
+
+    async def _command(
+        self, action: str, pool: str | None, value=None
+    ) -> web.Response:
         try:
             result = await self.supervisor.request(action, pool, value)
         except CommandError as exc:

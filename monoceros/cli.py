@@ -105,14 +105,17 @@ async def _serve(config, output) -> ExitStatus:
     from monoceros.admin import AdminServer
     from monoceros.supervisor import Supervisor
 
-    frontend = None
-    if config.proxy_mode:
+    def proxy_frontend(config):
+        # Imported only when a proxy pool exists: gRPC and the Envoy API
+        # cost start-up time and memory that supervisor mode does not need.
         from monoceros.envoy.frontend import ProxyFrontend
 
-        frontend = ProxyFrontend(config)
-    supervisor = Supervisor(config, output, frontend=frontend)
+        return ProxyFrontend(config)
+
+    supervisor = Supervisor(config, output, frontend_factory=proxy_frontend)
     admin = AdminServer(supervisor, config.admin)
     await admin.start()
+    supervisor.reload_hooks.append(admin.reconfigure)
     _warn_tcp_migrate_req(config)
     try:
         return await supervisor.run()

@@ -132,6 +132,15 @@ class Metrics:
             subsystem="workerpool",
             registry=r,
         )
+        self.reloads = Counter(
+            "reload",
+            "Configuration reloads (SIGHUP, POST /reload), by result: applied "
+            "or rejected (an invalid file; nothing changed)",
+            ["result"],
+            namespace=NS,
+            subsystem="config",
+            registry=r,
+        )
         self.log_dropped = Counter(
             "log_lines_dropped",
             "Log lines dropped because Monoceros's own output was blocked",

@@ -92,6 +92,9 @@ class StartupDelay:
         return not done
 
 
+_STARTUP_DELAY = StartupDelay()
+
+
 @dataclass
 class PoolContext:
     reaper: ChildReaper
@@ -109,7 +112,6 @@ class Pool:
         self.config = config
         self.name = config.name
         self.ctx = ctx
-        self.readiness: Readiness = ctx.readiness or StartupDelay()
         self.desired = config.replicas
         self.workers: dict[int, Worker] = {}
         self.stopping = False
@@ -120,6 +122,8 @@ class Pool:
         self._restarts: dict[int, int] = {}
         self._ready: dict[Worker, asyncio.Future[bool]] = {}
         self._worker_tasks: dict[Worker, set[asyncio.Task]] = {}
+        self._lifespans: dict[Worker, asyncio.Task] = {}
+        self._memory_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._exits: set[asyncio.Task] = set()
         self._replace_lock = asyncio.Lock()
@@ -129,12 +133,15 @@ class Pool:
         m.sigkill.labels(self.name)
         self._update_gauges()
 
+    @property
+    def readiness(self) -> Readiness:
+        return self.ctx.readiness or _STARTUP_DELAY
+
     # ---------------------------------------------------------------- start
 
     async def start(self) -> None:
         """Start `replicas` workers, `startup_wait_time` apart."""
-        if self.config.limits.memory:
-            self._track(self._watch_memory())
+        self._start_memory_watch()
         for n in range(self.desired):
             if self.stopping:
                 return
@@ -197,8 +204,7 @@ class Pool:
         self._exits.add(exit_task)
         exit_task.add_done_callback(self._exits.discard)
         self._worker_task(worker, self._become_ready(worker))
-        if self.config.limits.lifespan:
-            self._worker_task(worker, self._lifespan(worker))
+        self._arm_lifespan(worker)
         self._update_gauges()
         return worker
 
@@ -231,10 +237,12 @@ class Pool:
             future.set_result(worker.state is WorkerState.READY)
 
     async def _watch_health(self, worker: Worker) -> None:
-        liveness = self.ctx.liveness
-        assert liveness is not None
         failures = 0
         while worker.state is WorkerState.READY and not worker.stop_requested:
+            # Read each time: a reload may change the interval or threshold.
+            liveness = self.ctx.liveness
+            if liveness is None:
+                return
             await asyncio.sleep(liveness.interval)
             if worker.state is not WorkerState.READY:
                 return
@@ -268,6 +276,7 @@ class Pool:
             del self.workers[worker.index]
         for task in self._worker_tasks.pop(worker, ()):
             task.cancel()
+        self._lifespans.pop(worker, None)
         future = self._ready.pop(worker, None)
         if future is not None and not future.done():
             future.set_result(False)
@@ -416,6 +425,26 @@ class Pool:
             self.ctx.reaper.forget_group(worker.process)
         self._update_gauges()
 
+    # --------------------------------------------------------------- reload
+
+    def reconfigure(self, config: PoolConfig) -> None:
+        """Take a new configuration of this pool (same name, same mode).
+
+        Settings (limits, restart budget, timeouts, environment) apply to
+        running workers at once: lifespans are drawn again against each
+        worker's age, the memory watch restarts with its new interval. A
+        new command or port argument is used by workers started from now on;
+        the caller replaces the running ones. `replicas` is left to `scale`.
+        """
+        old = self.config
+        self.config = dataclasses.replace(config, replicas=self.desired)
+        self._base_env = {**os.environ, **dict(config.env)}
+        if old.limits != config.limits:
+            for worker in list(self.workers.values()):
+                if worker.state in LIVE_STATES and not worker.retire_reason:
+                    self._arm_lifespan(worker)
+            self._start_memory_watch()
+
     # ---------------------------------------------------------------- scale
 
     async def scale(self, replicas: int) -> dict:
@@ -456,11 +485,31 @@ class Pool:
 
     # --------------------------------------------------------------- limits
 
-    async def _lifespan(self, worker: Worker) -> None:
+    def _arm_lifespan(self, worker: Worker) -> None:
+        old = self._lifespans.pop(worker, None)
+        if old is not None:
+            old.cancel()
         limits = self.config.limits
+        if not limits.lifespan:
+            return
+        # Drawn once per worker, so that recycles spread over time.
         lifespan = limits.lifespan * (1 - limits.jitter_ratio * random.random())
-        await asyncio.sleep(lifespan)
+        delay = max(0.0, lifespan - worker.uptime())
+        task = self._track(self._lifespan(worker, delay))
+        self._worker_tasks.setdefault(worker, set()).add(task)
+        self._lifespans[worker] = task
+
+    async def _lifespan(self, worker: Worker, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._lifespans.pop(worker, None)
         self.recycle(worker, "lifespan")
+
+    def _start_memory_watch(self) -> None:
+        if self._memory_task is not None:
+            self._memory_task.cancel()
+            self._memory_task = None
+        if self.config.limits.memory:
+            self._memory_task = self._track(self._watch_memory())
 
     async def _watch_memory(self) -> None:
         limits = self.config.limits

@@ -12,16 +12,18 @@ import dataclasses
 import logging
 import resource
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from monoceros.config import Config, PoolConfig, check_config
+from monoceros.config import Config, PoolConfig, check_config, load_config
 from monoceros.errors import ConfigError, ExitStatus, MonocerosError, StartupError
 from monoceros.guardian import Guardian
 from monoceros.logs import OutputQueue
 from monoceros.metrics import Metrics
 from monoceros.pool import Pool, PoolContext
 from monoceros.process import ChildReaper, become_subreaper
+from monoceros.reload import PoolChange, ReloadPlan, describe, plan_reload
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,14 @@ class Frontend(Protocol):
 
     def pool_context(self, pool: PoolConfig, ctx: PoolContext) -> PoolContext: ...
 
+    async def add_pool(self, pool: PoolConfig) -> None: ...
+
+    async def remove_pool(self, name: str) -> None: ...
+
+    async def update_pool(
+        self, old: PoolConfig, new: PoolConfig, ctx: PoolContext
+    ) -> None: ...
+
     async def drain(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -101,6 +111,7 @@ class Supervisor:
         output: OutputQueue,
         metrics: Metrics | None = None,
         frontend: Frontend | None = None,
+        frontend_factory: Callable[[Config], Frontend] | None = None,
     ):
         self.config = config
         self.output = output
@@ -111,6 +122,11 @@ class Supervisor:
         self.shutting_down = False
         self.exit_status = ExitStatus.OK
         self.frontend = frontend
+        self._frontend_factory = frontend_factory
+        self._reload_lock = asyncio.Lock()
+        # Called with the new configuration after a reload (the admin server
+        # rebinds this way: the Supervisor knows no HTTP).
+        self.reload_hooks: list[Callable[[Config], Awaitable[str | None]]] = []
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
@@ -154,6 +170,8 @@ class Supervisor:
         for sig in STOP_SIGNALS + (signal.SIGHUP,) + IGNORED_SIGNALS:
             loop.add_signal_handler(sig, self._queue.put_nowait, SignalReceived(sig))
         try:
+            if self.frontend is None and self.config.proxy_mode:
+                self.frontend = self._new_frontend(self.config)
             if self.frontend is not None:
                 await self.frontend.start(self)
             for pool_config in self.config.pools:
@@ -182,6 +200,9 @@ class Supervisor:
                 case SignalReceived(signum) if signum in STOP_SIGNALS:
                     log.info("stop requested", extra={"signal": _name(signum)})
                     return
+                case SignalReceived(signal.SIGHUP) if self.config.path:
+                    log.info("SIGHUP: reloading the configuration")
+                    self._spawn_task(self._reload_quietly())
                 case SignalReceived(signal.SIGHUP):
                     log.info("SIGHUP: rolling restart of every pool")
                     for pool in self.pools.values():
@@ -199,7 +220,11 @@ class Supervisor:
                     self._handle_command(event)
 
     def _handle_command(self, command: Command) -> None:
-        handlers = {"restart": self._restart_pool, "scale": self._scale_pool}
+        handlers = {
+            "restart": self._restart_pool,
+            "scale": self._scale_pool,
+            "reload": lambda command: self.reload(),
+        }
         handler = handlers.get(command.action)
         if handler is None:
             command.reply.set_exception(CommandError(f"unknown {command.action!r}"))
@@ -247,6 +272,93 @@ class Supervisor:
             ) from exc
         self.config = candidate
         return {"pool": pool.name, **await pool.scale(replicas)}
+
+    # --------------------------------------------------------------- reload
+
+    async def reload(self) -> dict:
+        """Re-read the configuration file and apply the difference live.
+
+        An invalid file changes nothing: the running state is kept and a
+        CommandError says why. See `monoceros.reload` for what each kind of
+        change does.
+        """
+        async with self._reload_lock:
+            path = self.config.path
+            if not path:
+                raise CommandError("this configuration was not read from a file")
+            try:
+                new = await asyncio.to_thread(load_config, path)
+            except ConfigError as exc:
+                self.metrics.reloads.labels("rejected").inc()
+                log.error("reload refused: invalid configuration: " + str(exc))
+                raise CommandError(f"invalid configuration: {exc}") from exc
+            plan = plan_reload(self.config, new)
+            result = await self._apply(plan, new)
+            self.metrics.reloads.labels("applied").inc()
+            log.info("configuration reloaded", extra=result)
+            return result
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.reload()
+        except CommandError:
+            pass  # logged and counted by reload()
+
+    async def _apply(self, plan: ReloadPlan, new: Config) -> dict:
+        gone = [c for c in plan.pools if c.removed or c.mode_changed]
+        await asyncio.gather(*(self._remove_pool(c.name) for c in gone))
+        self.config = new
+        self.metrics.proxy_mode.set(1 if new.proxy_mode else 0)
+
+        added = [c.new for c in plan.pools if c.added or c.mode_changed]
+        proxies = [p for p in added if p is not None and p.server is not None]
+        if proxies and self.frontend is None:
+            self.frontend = self._new_frontend(new)
+            await self.frontend.start(self)
+        elif proxies:
+            assert self.frontend is not None
+            await asyncio.gather(*(self.frontend.add_pool(p) for p in proxies))
+        for pool_config in added:
+            assert pool_config is not None
+            pool = Pool(pool_config, self._pool_context(pool_config))
+            self.pools[pool.name] = pool
+            self._spawn_task(pool.start())
+
+        changed = [c for c in plan.pools if c not in gone and not c.added]
+        await asyncio.gather(*(self._apply_pool(c) for c in changed))
+        result: dict[str, Any] = {"pools": {c.name: describe(c) for c in plan.pools}}
+        if plan.xds_changed:
+            result["xds"] = "xds settings apply at the next start of Monoceros"
+        if plan.admin_changed:
+            for hook in self.reload_hooks:
+                note = await hook(new)
+                if note:
+                    result["admin"] = note
+        return result
+
+    async def _apply_pool(self, change: PoolChange) -> None:
+        pool = self.pools[change.name]
+        assert change.old is not None and change.new is not None
+        if change.kinds - {"replicas"}:
+            pool.reconfigure(change.new)
+        if change.kinds & {"proxy", "envoy"} and self.frontend is not None:
+            await self.frontend.update_pool(change.old, change.new, pool.ctx)
+        if "replicas" in change.kinds:
+            await pool.scale(change.new.replicas)
+        if change.restart_workers:
+            await pool.rolling_restart()
+
+    async def _remove_pool(self, name: str) -> None:
+        pool = self.pools.pop(name)
+        log.info("pool removed from the configuration", extra={"pool": name})
+        await pool.stop()
+        if self.frontend is not None and pool.config.server is not None:
+            await self.frontend.remove_pool(name)
+
+    def _new_frontend(self, config: Config) -> Frontend:
+        if self._frontend_factory is None:
+            raise StartupError("proxy mode is not available here")
+        return self._frontend_factory(config)
 
     async def _shutdown(self) -> None:
         self.shutting_down = True

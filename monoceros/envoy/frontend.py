@@ -110,10 +110,13 @@ class ProxyFrontend:
         self.socket = config.xds.socket or default_socket_path()
         self.server: XdsServer | None = None
         self.proxies: dict[str, EnvoyProxy] = {}
-        self._probes: list[HttpProbe | GrpcProbe] = []
+        self._probes: dict[str, HttpProbe | GrpcProbe] = {}
         self._ack_timeouts: Counter | None = None
+        self._supervisor = None
+        self._binary = ""
 
     async def start(self, supervisor) -> None:
+        self._supervisor = supervisor
         registry = supervisor.metrics.registry
         self._ack_timeouts = Counter(
             "endpoint_ack_timeouts",
@@ -123,7 +126,7 @@ class ProxyFrontend:
             subsystem="xds",
             registry=registry,
         )
-        binary = find_envoy()
+        self._binary = find_envoy()
         self.server = XdsServer(
             self.cache,
             unix_socket=self.socket,
@@ -132,30 +135,67 @@ class ProxyFrontend:
             registry=registry,
         )
         await self.server.start()
-        log.info("xds server listening", extra={"socket": self.socket})
-        for pool in self.config.pools:
-            if pool.server is None:
-                continue
-            self._publish_static(pool)
-            self.proxies[pool.name] = EnvoyProxy(
-                pool,
-                binary=binary,
-                xds_socket=self.socket,
-                cache=self.cache,
-                reaper=supervisor.reaper,
-                output=supervisor.output,
-                metrics=supervisor.metrics,
-            )
         # Envoys start side by side; any failure stops start-up.
-        await asyncio.gather(*(p.start() for p in self.proxies.values()))
+        await asyncio.gather(
+            *(self.add_pool(p) for p in self.config.pools if p.server is not None)
+        )
 
-    def _publish_static(self, pool: PoolConfig) -> None:
+    async def add_pool(self, pool: PoolConfig) -> None:
+        """Publish a proxy pool's resources, then start and await its Envoy."""
+        sup = self._supervisor
+        assert sup is not None
+        self._publish_static(pool, with_endpoints=True)
+        proxy = EnvoyProxy(
+            pool,
+            binary=self._binary,
+            xds_socket=self.socket,
+            cache=self.cache,
+            reaper=sup.reaper,
+            output=sup.output,
+            metrics=sup.metrics,
+        )
+        self.proxies[pool.name] = proxy
+        await proxy.start()
+
+    async def remove_pool(self, name: str) -> None:
+        """Stop a removed pool's Envoy (after its workers) and forget it."""
+        proxy = self.proxies.pop(name, None)
+        if proxy is not None:
+            await proxy.stop()
+        probe = self._probes.pop(name, None)
+        if probe is not None:
+            await probe.close()
+        self.cache.remove_node(names.node_id(name))
+
+    async def update_pool(self, old: PoolConfig, new: PoolConfig, ctx) -> None:
+        """Push a proxy pool's new settings to its Envoy.
+
+        Listener, route and cluster get new versions over xDS; the xDS server
+        re-sends the endpoints of a changed cluster so it leaves warming at
+        once, and sends a route only once its cluster is there. Only a new
+        admin port or bootstrap directory needs a new Envoy process.
+        """
+        proxy = self.proxies[new.name]
+        assert old.server is not None and new.server is not None
+        proxy.pool, proxy.server = new, new.server
+        self._publish_static(new, with_endpoints=False)
+        self.pool_context(new, ctx)
+        restart = (old.server.admin_port, old.server.proxy_config_path) != (
+            new.server.admin_port,
+            new.server.proxy_config_path,
+        )
+        if restart:
+            await proxy.restart()
+
+    def _publish_static(self, pool: PoolConfig, *, with_endpoints: bool) -> None:
         self.cache.set_resources(
             names.node_id(pool.name),
             clusters=[resources.build_cluster(pool)],
             listeners=[resources.build_listener(pool)],
             routes=[resources.build_route_configuration(pool)],
-            endpoints=[resources.build_load_assignment(pool.name, [])],
+            endpoints=[resources.build_load_assignment(pool.name, [])]
+            if with_endpoints
+            else None,
         )
 
     def pool_context(self, pool: PoolConfig, ctx: PoolContext) -> PoolContext:
@@ -163,11 +203,17 @@ class ProxyFrontend:
         if proxy is None or pool.server is None:
             return ctx
         assert self._ack_timeouts is not None
+        probe = self._probes.get(pool.name)
         if pool.server.protocol == "grpc":
-            probe: HttpProbe | GrpcProbe = GrpcProbe()
+            if not isinstance(probe, GrpcProbe):
+                probe = GrpcProbe()
+        elif isinstance(probe, HttpProbe):
+            # Running workers' liveness checks hold this probe: change it in
+            # place so they follow a new health_check_path too.
+            probe.path = pool.server.health_check_path
         else:
             probe = HttpProbe(pool.server.health_check_path)
-        self._probes.append(probe)
+        self._probes[pool.name] = probe
         ctx.sink = XdsSink(proxy, self._ack_timeouts)
         ctx.readiness = HttpReadiness(probe, pool.server.ready_timeout)
         ctx.liveness = HttpLiveness(
@@ -180,7 +226,7 @@ class ProxyFrontend:
 
     async def stop(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.proxies.values()))
-        for probe in self._probes:
+        for probe in self._probes.values():
             await probe.close()
         if self.server is not None:
             await self.server.stop()

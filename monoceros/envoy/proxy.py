@@ -185,6 +185,19 @@ class EnvoyProxy:
             log.warning("cannot drain envoy listeners",
                         extra={"pool": self.pool.name, "error": str(exc)})
 
+    async def restart(self) -> None:
+        """A new Envoy process, for a new bootstrap (admin port, directory).
+
+        Its listener closes for the moment the new process needs to start
+        (about 0.1 s); every other change reaches Envoy over xDS instead.
+        """
+        await self.stop()
+        self.admin = EnvoyAdmin("127.0.0.1", self.server.admin_port)
+        self._stopping = False
+        self._metrics.restarts.labels(self.pool.name, "proxy").inc()
+        self._metrics.restart_reasons.labels(self.pool.name, "proxy", "manual").inc()
+        await self.start()
+
     async def stop(self) -> None:
         self._stopping = True
         if self._supervise_task is not None:
