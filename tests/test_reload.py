@@ -212,3 +212,23 @@ def test_proxy_pool_removed_then_added_back(reloadable, tmp_path):
     status, _ = (lambda: (urllib.request.urlopen(url(pool), timeout=5).status, 0))()
     assert status == 200
     assert len(cluster_hosts(pool)) == 2
+
+
+@pytest.mark.envoy
+def test_listener_port_moves_without_an_envoy_restart(reloadable, tmp_path):
+    pool = proxy_pool(replicas=1)
+    r = reloadable(pool, xds={"socket": str(tmp_path / "xds.sock")})
+    envoy = envoy_pid(r.m)
+    old_url = url(pool)
+    pool["server"]["listener_port"] = free_port()
+    assert r.reload().returncode == 0
+
+    def serves(address: str) -> bool:
+        try:
+            return urllib.request.urlopen(address, timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_for_sync(lambda: serves(url(pool)), timeout=10)
+    wait_for_sync(lambda: not serves(old_url), timeout=15)
+    assert envoy_pid(r.m) == envoy
