@@ -249,3 +249,43 @@ def test_scale_under_load_joins_and_drains_through_envoy(proxy):
         wait_for_sync(lambda: load.snapshot()[0] > done + 100)
     assert load.tally.failed == 0, (load.tally.statuses, load.tally.errors)
     assert len(load.tally.workers) == 4
+
+
+def test_grpc_pool_is_balanced_per_request_and_restarts_cleanly(proxy):
+    import threading
+
+    import grpc
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    pool = proxy_pool(name="rpc", replicas=3, protocol="grpc")
+    pool["exec"] = sys.executable
+    pool["args"] = [str(examples / "grpc_worker.py"), "--grace", "2"]
+    m = proxy(pool)
+    target = f"127.0.0.1:{pool['server']['listener_port']}"
+    answers: dict[str, int] = {}
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def call_loop():
+        with grpc.insecure_channel(target) as channel:  # one HTTP/2 connection
+            who = channel.unary_unary("/monoceros.example.Echo/Who")
+            while not stop.is_set():
+                try:
+                    worker = who(b"", timeout=5).decode()
+                    answers[worker] = answers.get(worker, 0) + 1
+                except grpc.RpcError as exc:
+                    failures.append(str(exc.code()))
+
+    caller = threading.Thread(target=call_loop)
+    caller.start()
+    try:
+        wait_for_sync(lambda: len(answers) == 3, timeout=15)
+        before = {w["pid"] for w in m.ready_workers()}
+        m.signal(signal.SIGHUP)
+        wait_for_sync(lambda: len(ws := m.ready_workers()) == 3
+                      and not before & {w["pid"] for w in ws}, timeout=60)
+    finally:
+        stop.set()
+        caller.join(30)
+    assert failures == []
+    assert sum(answers.values()) > 100
