@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from monoceros.config import PoolConfig
+from monoceros.limits import draw_lifespan, tree_rss
 from monoceros.logs import OutputQueue
 from monoceros.metrics import Metrics, ProcessSample
 from monoceros.output import LineForwarder
@@ -492,9 +493,7 @@ class Pool:
         limits = self.config.limits
         if not limits.lifespan:
             return
-        # Drawn once per worker, so that recycles spread over time.
-        lifespan = limits.lifespan * (1 - limits.jitter_ratio * random.random())
-        delay = max(0.0, lifespan - worker.uptime())
+        delay = max(0.0, draw_lifespan(limits) - worker.uptime())
         task = self._track(self._lifespan(worker, delay))
         self._worker_tasks.setdefault(worker, set()).add(task)
         self._lifespans[worker] = task
@@ -638,39 +637,3 @@ class Pool:
             m.worker_state.labels(self.name, state).set(count)
         m.ready_workers.labels(self.name).set(self.ready_count())
         m.pool_healthy.labels(self.name).set(1 if self.healthy() else 0)
-
-
-def tree_rss(pids: list[int]) -> dict[int, int]:
-    """Resident bytes of each pid's process tree, from one pass over /proc.
-
-    Reading every process's parent once is far cheaper than asking for each
-    worker's children separately (which scans /proc once per worker).
-    """
-    page = os.sysconf("SC_PAGE_SIZE")
-    parent: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: split after it.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        pid = int(entry.name)
-        parent[pid] = int(fields[1])
-        rss[pid] = int(fields[21]) * page
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    totals = {}
-    for root in pids:
-        total, stack = 0, [root]
-        while stack:
-            pid = stack.pop()
-            total += rss.get(pid, 0)
-            stack.extend(children.get(pid, ()))
-        totals[root] = total
-    return totals
