@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import random
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -549,6 +550,12 @@ class Pool:
         if self._exits:
             await asyncio.wait(list(self._exits), timeout=5.0)
         self._update_gauges()
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker's process group now (a hurried shutdown)."""
+        for worker in list(self.workers.values()):
+            if worker.process is not None and worker.process.group_alive():
+                worker.process.signal_group(signal.SIGKILL)
 
     # -------------------------------------------------------------- queries
 

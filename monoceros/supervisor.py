@@ -365,17 +365,41 @@ class Supervisor:
         self.metrics.sigterm_received.set(1)
         for task in list(self._tasks):
             task.cancel()
-        if self.frontend is not None:
-            await self.frontend.drain()
-        log.info("stopping every pool")
-        await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
-        if self.frontend is not None:
-            await self.frontend.stop()
+        hurry = asyncio.create_task(self._hurry_on_second_signal())
+        try:
+            if self.frontend is not None:
+                await self.frontend.drain()
+            log.info("stopping every pool")
+            await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+            if self.frontend is not None:
+                await self.frontend.stop()
+        finally:
+            hurry.cancel()
         # Anything left (a worker that ignored even SIGKILL) is reported.
         if self.reaper.children:
             log.error("children still running at exit",
                       extra={"count": self.reaper.children})
         log.info("monoceros stopped", extra={"exit_status": int(self.exit_status)})
+
+    async def _hurry_on_second_signal(self) -> None:
+        """A second stop signal during shutdown kills what is left at once.
+
+        The graceful path may wait up to `signal_timeout` per worker; an
+        operator who asks twice wants it over now. Workers are still waited
+        for and reaped: nothing is left behind either way.
+        """
+        while True:
+            event = await self._queue.get()
+            match event:
+                case SignalReceived(signum) if signum in STOP_SIGNALS:
+                    log.warning(
+                        "second stop signal: killing every worker now",
+                        extra={"signal": _name(signum)},
+                    )
+                    for pool in self.pools.values():
+                        pool.kill_all()
+                case Command(reply=reply) if not reply.done():
+                    reply.set_exception(CommandError("Monoceros is stopping"))
 
     # -------------------------------------------------------------- helpers
 

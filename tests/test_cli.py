@@ -222,3 +222,17 @@ def test_invalid_configs_give_one_line_and_exit_2(case, tmp_path):
         assert len(lines) == 1, result.stderr
         assert "Traceback" not in result.stderr
         assert field_path in lines[0]
+
+
+def test_second_sigterm_kills_what_is_left_at_once(run):
+    import time
+
+    m = run(pool(replicas=2, args=["--ignore-signals"], signal_timeout="30s"))
+    pids = [w["pid"] for w in m.wait_ready(2)]
+    m.signal(signal.SIGTERM)
+    wait_for_sync(lambda: m.metric("monoceros_supervisor_sigterm_received") == 1)
+    t0 = time.monotonic()
+    m.signal(signal.SIGTERM)
+    assert m.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 5  # not the 30 s signal_timeout
+    wait_gone(pids, timeout=1)
