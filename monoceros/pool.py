@@ -219,8 +219,7 @@ class Pool:
                 "worker did not become ready in time: restarting it",
                 extra=worker.log_fields,
             )
-            # Not a requested stop: its exit counts as a crash.
-            self._track(self._stop_worker(worker))
+            self._track(self._stop_unready(worker))
         elif ready and worker.state is WorkerState.STARTING:
             worker.state = WorkerState.READY
             worker.ready_at = time.monotonic()
@@ -237,6 +236,13 @@ class Pool:
         future = self._ready.get(worker)
         if future is not None and not future.done():
             future.set_result(worker.state is WorkerState.READY)
+
+    async def _stop_unready(self, worker: Worker) -> None:
+        """A crash in all but name: stopped, counted against the budget and
+        restarted after the backoff, at the same index once it is free."""
+        await self._stop_worker(worker)
+        if not self.stopping:
+            self._crashed(worker)
 
     async def _watch_health(self, worker: Worker) -> None:
         failures = 0

@@ -289,3 +289,19 @@ def test_grpc_pool_is_balanced_per_request_and_restarts_cleanly(proxy):
         caller.join(30)
     assert failures == []
     assert sum(answers.values()) > 100
+
+
+def test_worker_never_ready_is_restarted_and_counted(tmp_path):
+    pool = proxy_pool(replicas=1, args=["--fail-health"], ready_timeout="300ms",
+                      health_check_interval="100ms")
+    pool["max_restarts"] = 2
+    pool["restart_backoff"] = {"initial": "10ms", "max": "20ms"}
+    m = Monoceros(tmp_path, {"xds": {"socket": str(tmp_path / "x.sock")},
+                             "supervisor": {"workers": [pool]}})
+    try:
+        assert m.wait(timeout=60) == 3  # the budget ran out: the pool failed
+    finally:
+        m.close()
+    records = m.log_records()
+    assert sum(r.get("msg") == "worker did not become ready in time: restarting it"
+               for r in records) == 3
