@@ -434,9 +434,17 @@ def propagation_sample(
     return first - ready_at, waits
 
 
-def bench_propagation(stack: Stack, plan: Plan) -> tuple[list[float], list[float]]:
+def eds_acks(m: Monoceros) -> tuple[float, float]:
+    """Sum and count of EDS push-to-ACK times so far, from /metrics."""
+    name = "monoceros_xds_push_ack_seconds"
+    return (m.metric(name + "_sum", type="eds") or 0.0,
+            m.metric(name + "_count", type="eds") or 0.0)
+
+
+def bench_propagation(stack: Stack, plan: Plan) -> tuple[list[float], ...]:
     setup = stack.start("LEAST_REQUEST")
     m = setup.monoceros
+    acks_before = eds_acks(m)
     arrivals = Arrivals()
     log = ReadyLog(m)
     delays: list[float] = []
@@ -457,14 +465,19 @@ def bench_propagation(stack: Stack, plan: Plan) -> tuple[list[float], list[float
             wait_until(lambda: len(m.ready_workers()) == WORKERS, 30,
                        f"{WORKERS} ready workers")
             progress(f"propagation sample {n + 1}: {delay * 1000:.1f} ms")
+    acks_after = eds_acks(m)
+    pushes = acks_after[1] - acks_before[1]
+    ack_mean = (acks_after[0] - acks_before[0]) / pushes if pushes else float("nan")
     if load.tally.failed:
         progress(f"propagation load: {load.tally.failed} failed "
                  f"({dict(load.tally.errors)} {dict(load.tally.statuses)})")
     stack.stop(setup)
-    return delays, floor
+    return delays, floor, [ack_mean]
 
 
-def print_propagation(delays: list[float], floor: list[float]) -> None:
+def print_propagation(
+    delays: list[float], floor: list[float], ack_mean: list[float]
+) -> None:
     rate = PROPAGATION_CLIENTS * PROPAGATION_RATE
     print(f"\n2. Propagation: a worker SIGKILLed and restarted, {len(delays)} "
           f"samples, LEAST_REQUEST, {PROPAGATION_CLIENTS} keep-alive clients "
@@ -480,6 +493,8 @@ def print_propagation(delays: list[float], floor: list[float]) -> None:
     for label, share in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
         ours, base = percentile(delays, share), percentile(floor, share)
         print(f"  {label:14}{ms(ours):>12}{ms(base):>12}{ratio(ours, base):>9}")
+    print(f"   EDS push-to-ACK over the same samples (monoceros_xds_push_ack_"
+          f"seconds): mean {ms(ack_mean[0])}")
 
 
 def ms(seconds: float) -> str:
@@ -634,6 +649,11 @@ def print_skew(runs: list[SkewRun], plan: Plan) -> None:
 
 # -- report -------------------------------------------------------------------
 
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
@@ -687,13 +707,18 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + line)
     started = time.monotonic()
     stack = Stack()
+    benches = {
+        "recycle": lambda: print_recycle(bench_recycle(stack, plan), plan),
+        "propagation": lambda: print_propagation(*bench_propagation(stack, plan)),
+        "skew": lambda: print_skew(bench_skew(stack, plan), plan),
+    }
     try:
-        if "recycle" in parts:
-            print_recycle(bench_recycle(stack, plan), plan)
-        if "propagation" in parts:
-            print_propagation(*bench_propagation(stack, plan))
-        if "skew" in parts:
-            print_skew(bench_skew(stack, plan), plan)
+        for part in parts:
+            before = load_average()
+            benches[part]()
+            # Other work on the machine shows in its load average.
+            print(f"   load average (1, 5, 15 min) before: {before}, "
+                  f"after: {load_average()}")
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
