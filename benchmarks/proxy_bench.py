@@ -700,6 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else DEFAULT
     parts = args.only or ["recycle", "propagation", "skew"]
+    # Ctrl-C and SIGTERM both end the run through the `finally` below, even
+    # when the shell started it with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
 
     print("Proxy-mode benchmark" + (" (quick)" if args.quick else ""))
