@@ -513,9 +513,8 @@ class SkewRun:
     label: str
     cheap: list[float] = field(default_factory=list)
     dear: list[float] = field(default_factory=list)
-    # Per window: CPU seconds and answers, by worker pid.
+    # Per window: CPU seconds by worker pid.
     cpu: list[dict[int, float]] = field(default_factory=list)
-    shares: list[dict[int, int]] = field(default_factory=list)
     failed: int = 0
 
     def spreads(self) -> list[float]:
@@ -542,7 +541,6 @@ def skew_window(setup: Setup, run: SkewRun, plan: Plan, seed: int) -> None:
     chooser = random.Random(seed)  # used by the load thread only
     cheap: list[float] = []
     dear: list[float] = []
-    answers: dict[int, int] = {}
 
     def path_for(n: int) -> str:
         if chooser.random() < SKEW_DEAR_SHARE:
@@ -553,8 +551,6 @@ def skew_window(setup: Setup, run: SkewRun, plan: Plan, seed: int) -> None:
         if not measuring.is_set() or not 200 <= status < 300:
             return
         (dear if url.endswith(dear_suffix) else cheap).append(elapsed)
-        pid = int(headers.get("X-Worker-Pid", 0))
-        answers[pid] = answers.get(pid, 0) + 1
 
     load = Load(setup.url, concurrency=SKEW_CLIENTS, max_seconds=120,
                 rate=SKEW_RATE, path_for=path_for, on_response=on_response)
@@ -574,7 +570,6 @@ def skew_window(setup: Setup, run: SkewRun, plan: Plan, seed: int) -> None:
     run.cheap += cheap
     run.dear += dear
     run.cpu.append({pid: after[pid] - before[pid] for pid in after})
-    run.shares.append({pid: answers.get(pid, 0) for pid in after})
     run.failed += failed
 
 
