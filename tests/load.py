@@ -3,7 +3,10 @@
 `Load` runs `concurrency` clients in a background thread with its own event
 loop, each sending GET requests in a loop until stopped or `max_seconds`
 pass. Every answer is tallied: status codes, connection errors, and the
-worker that answered (from the `X-Worker-Id` header).
+worker that answered (from the `X-Worker-Id` header). `on_response`, if
+given, is called in the load thread with every answer's URL, status, headers
+and latency, for callers that need more than the tally (the time a worker
+first answered, the latency of one kind of request).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Load:
         max_seconds: float = 60.0,
         rate: float | None = None,
         path_for=None,
+        on_response=None,
     ):
         self.url = url
         self.concurrency = concurrency
@@ -54,6 +58,7 @@ class Load:
         self.max_seconds = max_seconds
         self.rate = rate  # requests per second per client, None: as fast as possible
         self.path_for = path_for  # callable(n) -> url suffix, for skewed load
+        self.on_response = on_response  # callable(url, status, headers, seconds)
         self.tally = Tally()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
@@ -103,6 +108,7 @@ class Load:
                     await resp.read()
                     status = resp.status
                     worker = resp.headers.get("X-Worker-Id", "")
+                    headers = resp.headers
                 error = None
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 status, worker, error = 0, "", type(exc).__name__
@@ -120,5 +126,7 @@ class Load:
                 else:
                     t.failed += 1
                     t.errors[error] += 1
+            if error is None and self.on_response is not None:
+                self.on_response(url, status, headers, elapsed)
             if self.rate:
                 await asyncio.sleep(max(0.0, 1 / self.rate - elapsed))
