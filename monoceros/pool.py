@@ -96,6 +96,9 @@ class StartupDelay:
 
 _STARTUP_DELAY = StartupDelay()
 
+# The states of `monoceros_workerpool_worker_state`, as the original named them.
+GAUGE_STATES = ("prepared", "running", "terminating", "terminated")
+
 
 @dataclass
 class PoolContext:
@@ -557,6 +560,16 @@ class Pool:
             await asyncio.wait(list(self._exits), timeout=5.0)
         self._update_gauges()
 
+    def forget_metrics(self) -> None:
+        """Drop this pool's gauges (it was removed): a gauge left behind
+        would report workers that no longer exist. Counters keep their
+        history, as Prometheus expects of them."""
+        m = self.ctx.metrics
+        for state in GAUGE_STATES:
+            m.worker_state.remove(self.name, state)
+        m.ready_workers.remove(self.name)
+        m.pool_healthy.remove(self.name)
+
     def kill_all(self) -> None:
         """SIGKILL every worker's process group now (a hurried shutdown)."""
         for worker in list(self.workers.values()):
@@ -634,7 +647,7 @@ class Pool:
             )
 
     def _update_gauges(self) -> None:
-        counts = dict.fromkeys(("prepared", "running", "terminating", "terminated"), 0)
+        counts = dict.fromkeys(GAUGE_STATES, 0)
         for worker in self.workers.values():
             if worker.state is WorkerState.PENDING:
                 counts["prepared"] += 1

@@ -352,6 +352,7 @@ class Supervisor:
         pool = self.pools.pop(name)
         log.info("pool removed from the configuration", extra={"pool": name})
         await pool.stop()
+        pool.forget_metrics()
         if self.frontend is not None and pool.config.server is not None:
             await self.frontend.remove_pool(name)
 

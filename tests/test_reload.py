@@ -126,6 +126,8 @@ def test_pool_removed_then_added_back(reloadable):
     assert "b: removed: drained and stopped" in result.stdout
     wait_for_sync(lambda: not r.m.workers() or all(
         w["pool"] == "a" for w in r.m.workers()))
+    assert r.m.metric("monoceros_workerpool_worker_state", pool="b",
+                      state="running") is None
     r.config["supervisor"]["workers"].append(pb_pool("b", replicas=1))
     result = r.reload()
     assert "b: added: started" in result.stdout
