@@ -1,7 +1,7 @@
 """Supervisor overhead: Monoceros next to circus and supervisord.
 
-Run with ``python -m benchmarks.overhead_bench`` (about 5 minutes;
-``--quick`` for a short run of about 2). circus and supervisor are installed
+Run with ``python -m benchmarks.overhead_bench`` (about 6 minutes;
+``--quick`` for a short run of about 3). circus and supervisor are installed
 on first use into a virtual environment of their own under the cache
 directory (``$XDG_CACHE_HOME/monoceros-bench/peers``, by default
 ``~/.cache/monoceros-bench/peers``), so Monoceros's own environment never
@@ -74,11 +74,12 @@ class Plan:
     startup_workers: int = 500
     churn_workers: int = 10  # the first try; resized to reach churn_rate
     churn_rate: float = 10.0  # exits a second
-    churn_window: float = 20.0
-    settle: float = 3.0
+    churn_window: float = 15.0
+    pilot: float = 4.0  # the churn rate is measured this long before resizing
+    settle: float = 2.0
 
 
-QUICK = Plan(idle_window=5.0, restarts=12, churn_window=6.0, settle=2.0)
+QUICK = Plan(idle_window=5.0, restarts=10, churn_window=5.0, pilot=3.0, settle=1.5)
 
 
 class Announcements:
@@ -122,8 +123,11 @@ class Announcements:
             if remaining <= 0:
                 raise RuntimeError(f"timed out waiting for {what}")
             self._changed.clear()
+            # asyncio.timeout, not wait_for: on 3.11, wait_for can lose a
+            # cancellation (Ctrl-C) that arrives as the wait completes.
             try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+                async with asyncio.timeout(min(remaining, 0.5)):
+                    await self._changed.wait()
             except TimeoutError:
                 pass
 
@@ -310,7 +314,7 @@ class Bench:
             await self.launch(target, pool)
             await asyncio.sleep(plan.settle)
             mark, pilot = self.fifo.mark(), time.monotonic()
-            await asyncio.sleep(plan.settle)
+            await asyncio.sleep(plan.pilot)
             rate = (self.fifo.mark() - mark) / (time.monotonic() - pilot)
             off = abs(rate - plan.churn_rate) / plan.churn_rate
             if attempt == 0 and off > 0.1 and rate > 0:
@@ -342,11 +346,13 @@ class Bench:
             )
             for title, phase in phases:
                 for target in self.targets:
-                    print(f"{title}: {target.name}", flush=True)
+                    print(f"{title}: {target.name}", end="", flush=True)
+                    began = time.monotonic()
                     try:
                         await phase(target)
                     finally:
                         await target.stop()
+                    print(f" ({time.monotonic() - began:.0f} s)", flush=True)
         finally:
             for target in self.targets:
                 await target.stop()

@@ -30,6 +30,10 @@ PEERS = ("circus==0.19.0", "supervisor==4.3.0")
 STOP_TIMEOUT = 30.0
 
 
+def peer_version(name: str) -> str:
+    return dict(p.split("==") for p in PEERS)[name]
+
+
 def cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(base, "monoceros-bench")
@@ -72,6 +76,9 @@ class Target:
 
     name: str = "?"
     env: dict[str, str] = field(default_factory=dict)
+    # Sent to the supervisor if the benchmark dies: SIGTERM, so that it
+    # stops its workers as on a normal shutdown.
+    pdeathsig: str = "TERM"
     process: subprocess.Popen | None = None
     log_path: str = ""
 
@@ -105,10 +112,10 @@ class Target:
         config = self.write_config(pool)
         self.log_path = os.path.join(pool.workdir, f"{self.name}.log")
         # A parent-death signal: if the benchmark itself is killed, each
-        # supervisor is asked to stop (and stops its workers) at once.
+        # supervisor is told at once (see `pdeathsig`).
         prefix = []
         if shutil.which("setpriv"):
-            prefix = [shutil.which("setpriv"), "--pdeathsig", "TERM", "--"]
+            prefix = [shutil.which("setpriv"), "--pdeathsig", self.pdeathsig, "--"]
         with open(self.log_path, "ab") as log:
             started = time.monotonic()
             self.process = subprocess.Popen(
@@ -238,6 +245,11 @@ class CircusTarget(Target):
     name: str = "circus"
     venv: str = ""
     check_delay: float = 1.0
+    # circusd refuses SIGTERM while it is still starting its watchers
+    # ("arbiter is already running arbiter_start_watchers command") and
+    # would then run on forever. SIGKILL instead: its workers are left,
+    # and end by themselves (see the worker script in overhead_bench).
+    pdeathsig: str = "KILL"
 
     def _endpoint(self, pool: Pool) -> str:
         return f"ipc://{pool.workdir}/circus.sock"
@@ -295,8 +307,8 @@ class CircusTarget(Target):
 
     def describe(self) -> str:
         return (
-            f"circus 0.19.0: check_delay {self.check_delay:g}s, warmup_delay 0, "
-            "max_retry -1, no stats, no httpd, outputs not captured"
+            f"circus {peer_version('circus')}: check_delay {self.check_delay:g}s, "
+            "warmup_delay 0, max_retry -1, no stats, no httpd, outputs not captured"
         )
 
 
@@ -365,6 +377,7 @@ class SupervisordTarget(Target):
 
     def describe(self) -> str:
         return (
-            "supervisor 4.3.0: numprocs, autorestart true, startsecs 0, "
+            f"supervisor {peer_version('supervisor')}: numprocs, autorestart true, "
+            "startsecs 0, "
             "minfds 4096, outputs to AUTO log files"
         )
