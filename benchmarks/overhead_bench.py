@@ -114,6 +114,15 @@ class Announcements:
     def since(self, mark: int) -> list[tuple[float, int]]:
         return self.events[mark:]
 
+    def when(self, mark: int, count: int) -> float:
+        """When the count-th distinct pid since `mark` announced itself."""
+        seen: set[int] = set()
+        for at, pid in self.since(mark):
+            seen.add(pid)
+            if len(seen) == count:
+                return at
+        raise ValueError(f"fewer than {count} workers announced")
+
     async def wait_for(
         self, check: Callable[[], bool], timeout: float, what: str
     ) -> None:
@@ -292,9 +301,8 @@ class Bench:
         res = self.results[target.name]
         pool = self.pool(target, self.plan.startup_workers, "idle")
         started, mark = await self.launch(target, pool)
-        events = self.fifo.since(mark)
-        res.first_worker = events[0][0] - started
-        res.startup = events[-1][0] - started
+        res.first_worker = self.fifo.when(mark, 1) - started
+        res.startup = self.fifo.when(mark, pool.replicas) - started
         await target.ready(pool)
         await self.crosscheck(target, pool, mark)
         await target.stop()
@@ -485,3 +493,6 @@ if __name__ == "__main__":
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; every process started was stopped", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as exc:  # a supervisor died or missed a deadline
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        sys.exit(1)
