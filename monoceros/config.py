@@ -134,14 +134,30 @@ class Config:
         raise KeyError(name)
 
 
-# The loader lives in its own modules; its entry points are re-exported here so
-# callers import the data and the way to read it from one place. The import
-# sits at the bottom because the loader needs the classes above.
-from monoceros.config_load import (  # noqa: E402
-    check_config,
-    load_config,
-    parse_config,
-)
+# The loader lives in its own modules and needs the classes above; these entry
+# points import it when called, so either module may be imported first, and
+# callers find the data and the way to read it in one place.
+def load_config(path: str) -> Config:
+    """Read, validate and return the configuration file at ``path``."""
+    from monoceros.config_load import load_config as load
+
+    return load(path)
+
+
+def parse_config(
+    data: object, *, base_dir: str = ".", path: str | None = None
+) -> Config:
+    """Validate already-parsed YAML data; relative paths resolve from base_dir."""
+    from monoceros.config_load import parse_config as parse
+
+    return parse(data, base_dir=base_dir, path=path)
+
+
+def check_config(config: Config) -> None:
+    """The checks across pools, for a configuration changed at run time."""
+    from monoceros.config_load import check_config as check
+
+    check(config)
 
 __all__ = [
     "LB_ALGORITHMS",
