@@ -132,6 +132,8 @@ class Pool:
         self._tasks: set[asyncio.Task] = set()
         self._exits: set[asyncio.Task] = set()
         self._replace_lock = asyncio.Lock()
+        self._gauges_due = False
+        self._forgotten = False
         self._base_env = {**os.environ, **dict(config.env)}
         m = ctx.metrics
         m.restarts.labels(self.name, ctx.worker_type)
@@ -564,6 +566,7 @@ class Pool:
         """Drop this pool's gauges (it was removed): a gauge left behind
         would report workers that no longer exist. Counters keep their
         history, as Prometheus expects of them."""
+        self._forgotten = True  # no later recount may bring them back
         m = self.ctx.metrics
         for state in GAUGE_STATES:
             m.worker_state.remove(self.name, state)
@@ -647,6 +650,23 @@ class Pool:
             )
 
     def _update_gauges(self) -> None:
+        """Recount the pool's gauges, once per turn of the event loop.
+
+        A worker's exit changes several states in a row; counting the whole
+        pool for each would cost O(workers) several times per event.
+        """
+        if self._gauges_due:
+            return
+        self._gauges_due = True
+        try:
+            asyncio.get_running_loop().call_soon(self._refresh_gauges)
+        except RuntimeError:  # no loop (a pool being built outside one)
+            self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        self._gauges_due = False
+        if self._forgotten:
+            return
         counts = dict.fromkeys(GAUGE_STATES, 0)
         for worker in self.workers.values():
             if worker.state is WorkerState.PENDING:
