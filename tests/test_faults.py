@@ -233,6 +233,28 @@ def assert_consistent(m: Monoceros, pool: dict, same_ids: bool = True) -> list[d
     return workers
 
 
+def all_acked(tmp_path: Path) -> bool:
+    """Envoy holds every type, each at the version last sent."""
+    rows = xds_status(tmp_path)
+    types = {row[2] for row in rows}
+    return types == {"CDS", "EDS", "LDS", "RDS"} and all(
+        row[3] == row[4] for row in rows
+    )
+
+
+def eventually(check, timeout: float = 10.0):
+    """Run `check` until it stops failing an assertion; its last failure
+    is raised at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 def xds_status(tmp_path: Path) -> list[list[str]]:
     result = subprocess.run(
         [sys.executable, "-m", "monoceros", "xds", "status",
@@ -304,7 +326,7 @@ def test_random_worker_sigkilled_every_200ms_under_load(run):
     assert rate < 0.002, (tally.statuses, tally.errors)
     assert len(killed) >= 80
 
-    workers = wait_for_sync(lambda: assert_consistent(m, pool), timeout=10)
+    workers = eventually(lambda: assert_consistent(m, pool))
     assert not killed & {w["pid"] for w in workers}
     assert envoy_pid(m) == envoy
     # Every kill is one crash and one restart, no more, no fewer.
@@ -343,6 +365,7 @@ def test_envoy_sigkilled_under_load_comes_back_with_full_config(run, tmp_path):
         wait_for_sync(serving, timeout=15)
         recovered = time.monotonic() - t0
         wait_for_sync(lambda: len(cluster_hosts(pool)) == 4, timeout=10)
+        wait_for_sync(lambda: all_acked(tmp_path), timeout=10)
         settled = load.snapshot()
         wait_for_sync(lambda: load.snapshot()[0] > settled[0] + 300)
         after = load.snapshot()
@@ -353,11 +376,9 @@ def test_envoy_sigkilled_under_load_comes_back_with_full_config(run, tmp_path):
     # Once it is back, with every endpoint, nothing fails.
     assert after[1] == settled[1], load.tally.errors
 
-    assert_consistent(m, pool)
+    eventually(lambda: assert_consistent(m, pool))
     assert {w["pid"] for w in m.ready_workers()} == workers  # no worker lost
-    rows = xds_status(tmp_path)
-    assert {row[2] for row in rows} == {"CDS", "EDS", "LDS", "RDS"}, rows
-    assert all(row[3] == row[4] for row in rows), rows  # sent == ACKed
+    assert all_acked(tmp_path)
     assert m.metric("monoceros_workerpool_restarts_total",
                     pool="web", worker_type="proxy") == 1
     assert m.metric("monoceros_workerpool_restarts_total",
@@ -384,7 +405,7 @@ def test_sigstopped_worker_is_replaced_then_killed(run):
             os.kill(victim["pid"], signal.SIGKILL)
 
     # The replacement took a spare id: it started before the victim stopped.
-    workers = wait_for_sync(lambda: assert_consistent(m, pool, same_ids=False))
+    workers = eventually(lambda: assert_consistent(m, pool, same_ids=False))
     assert victim["pid"] not in {w["pid"] for w in workers}
     assert {w["id"] for w in workers} - {"web-0", "web-1"} == {"web-2"}
     assert m.metric("monoceros_workerpool_limits_events_total",
@@ -560,7 +581,7 @@ def test_instant_exits_with_restarts_and_sighup(run, tmp_path):
         if len(stable) >= 3 and stable[-1] == stable[-2] == stable[-3]:
             break
     assert stable[-1] == stable[-2], "the pool did not settle"
-    assert_consistent(m, pool, same_ids=False)
+    eventually(lambda: assert_consistent(m, pool, same_ids=False))
     restarts = m.metric("monoceros_workerpool_restarts_total",
                         pool="storm", worker_type="worker")
     print(
