@@ -7,7 +7,7 @@ running and ready again, `/workers`, the metrics and Envoy's endpoint set
 agree, and nothing is left behind. Figures a test measures are printed
 (run with `-s` to see them) and recorded in docs/faults.md.
 
-Run alone: `pytest -m faults` (about two minutes on two cores).
+Run alone: `pytest -m faults` (one to one and a half minutes on two cores).
 """
 
 from __future__ import annotations
@@ -524,12 +524,12 @@ def test_instant_exits_with_restarts_and_sighup(run, tmp_path):
     }
     report = tmp_path / "signals.txt"
     m = run(pool, wait=False, launcher=[sys.executable, AUDIT, str(report)])
-    crashes = lambda: m.metric(  # noqa: E731
-        "monoceros_workerpool_restart_reasons_total",
-        pool="storm", worker_type="worker", reason="crash",
-    ) or 0
 
-    answers: list[int] = []
+    def crashes() -> float:
+        return m.metric("monoceros_workerpool_restart_reasons_total",
+                        pool="storm", worker_type="worker", reason="crash") or 0
+
+    answers: list[int | str] = []
     storming = threading.Event()
     storming.set()
 
@@ -567,11 +567,13 @@ def test_instant_exits_with_restarts_and_sighup(run, tmp_path):
 
     wait_for_sync(settled, timeout=20)
     # Rolling restarts still under way finish within a few replacements.
-    snapshot = lambda: (  # noqa: E731
-        [w["pid"] for w in m.workers()],
-        m.metric("monoceros_workerpool_restarts_total",
-                 pool="storm", worker_type="worker"),
-    )
+    def snapshot() -> tuple:
+        return (
+            [w["pid"] for w in m.workers()],
+            m.metric("monoceros_workerpool_restarts_total",
+                     pool="storm", worker_type="worker"),
+        )
+
     stable = [snapshot()]
     pause = threading.Event()  # never set: its wait spaces the snapshots
     deadline = time.monotonic() + 15
