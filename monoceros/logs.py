@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import IO
 
 MAX_PENDING = 20_000
+# Most lines the writer takes off the queue to write at once.
+_BATCH = 5_000
 
 # Attributes every LogRecord has; anything else was passed with `extra=`.
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -79,28 +81,48 @@ class OutputQueue:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        # Whatever is waiting is taken at once, and each run of lines for
+        # one stream written in one call. Written line by line, every
+        # system call let go of the GIL, and the event loop producing the
+        # lines kept it for a switch interval (5 ms) each time: half of a
+        # burst of 100,000 worker lines was dropped though the output (a
+        # file) was never blocked.
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                self._flush_streams()
-                item.set()
-                continue
-            stream, line = item
-            self._write(stream, line)
+            items = [self._queue.get()]
+            while len(items) < _BATCH:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stream, lines = STDOUT, []
+            for item in items:
+                if isinstance(item, tuple) and item[0] == stream:
+                    lines.append(item[1])
+                    continue
+                if lines:
+                    self._write(stream, lines)
+                    lines = []
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    self._flush_streams()
+                    item.set()
+                    continue
+                stream, lines = item[0], [item[1]]
+            if lines:
+                self._write(stream, lines)
             self._report_drops()
 
-    def _write(self, stream: int, line: bytes) -> None:
+    def _write(self, stream: int, lines: list[bytes]) -> None:
         out = self._streams[stream]
         try:
-            out.write(line)
+            out.write(b"".join(lines))
             if self._queue.empty():
                 out.flush()
         except (OSError, ValueError):
             # A closed or broken output must not kill the writer: drop.
             with self._dropped_lock:
-                self._dropped += 1
+                self._dropped += len(lines)
 
     def _report_drops(self) -> None:
         if not self._dropped or not self._queue.empty():
@@ -114,7 +136,7 @@ class OutputQueue:
             "msg": "log lines dropped: output was blocked",
             "dropped": count,
         }
-        self._write(STDERR, _dumps(record))
+        self._write(STDERR, [_dumps(record)])
 
     def _flush_streams(self) -> None:
         for stream in self._streams.values():

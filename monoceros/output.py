@@ -62,7 +62,9 @@ class PipeReader:
             begin = start = end + 1
         # An unterminated line already too long is passed on in pieces now,
         # so a worker that never writes a newline cannot grow this buffer.
-        while len(buf) - begin >= MAX_LINE:
+        # A piece goes only once more follows it: a line of exactly MAX_LINE
+        # bytes is one piece, however its bytes were read.
+        while len(buf) - begin > MAX_LINE:
             self._on_line(bytes(buf[begin : begin + MAX_LINE]), True)
             begin += MAX_LINE
         if begin:
@@ -114,6 +116,7 @@ class LineForwarder:
         self._worker_id = worker_id
         self._on_bad_json = on_bad_json
         self._id_field = b'"worker_id":' + json.dumps(worker_id).encode()
+        self._cut = {STDOUT: False, STDERR: False}  # last piece was cut short
 
     def stdout(self, line: bytes, truncated: bool) -> None:
         self._forward(line, truncated, STDOUT)
@@ -122,9 +125,15 @@ class LineForwarder:
         self._forward(line, truncated, STDERR)
 
     def _forward(self, line: bytes, truncated: bool, stream: int) -> None:
-        if line.endswith(b"\r"):
+        # A CR ending a line is half of a CRLF; one ending a cut piece is
+        # just a byte of the line.
+        if not truncated and line.endswith(b"\r"):
             line = line[:-1]
-        if not truncated and line.startswith(b"{") and self._pass_json(line, stream):
+        # The last piece of a cut line is not a line: even if it happens to
+        # be a JSON object, it is not the worker's record.
+        whole = not truncated and not self._cut[stream]
+        self._cut[stream] = truncated
+        if whole and line.startswith(b"{") and self._pass_json(line, stream):
             return
         text = line.decode("utf-8", "backslashreplace")
         extra = {"pool": self._pool, "worker_id": self._worker_id}

@@ -356,12 +356,19 @@ class Pool:
             await asyncio.sleep(delay)
         finally:
             self._reserved.discard(index)
-        if self.stopping or self.live_count() >= self.desired:
-            return
-        if index in self.workers:
-            index = self._free_index()
-        if self._spawn(index) is not None:
-            self._count_restart("crash", index)
+        # While a replacement is under way its old and new worker both
+        # count as live; judged then, the pool would look full, the restart
+        # would be dropped and the pool left one short once the old worker
+        # stops. So wait for the replacement to finish before judging. The
+        # cost: the restart waits that long too.
+        async with self._replace_lock:
+            if self.stopping or self.live_count() >= self.desired:
+                self._update_gauges()  # no longer "terminated": not coming back
+                return
+            if index in self.workers:
+                index = self._free_index()
+            if self._spawn(index) is not None:
+                self._count_restart("crash", index)
 
     def _fail(self, reason: str) -> None:
         if self.failed:

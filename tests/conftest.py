@@ -10,6 +10,13 @@ from collections.abc import Callable
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Declared here rather than in pyproject.toml, with the suite that uses it.
+    config.addinivalue_line(
+        "markers", "faults: fault injection against a real Monoceros (test_faults)"
+    )
+
+
 async def wait_for(
     predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
 ):

@@ -33,15 +33,33 @@ def processbin_exec() -> str:
 
 
 class Monoceros:
-    def __init__(self, tmp_path: Path, config: dict, debug: bool = False):
+    """One `monoceros -c` process.
+
+    `admin_port` reuses a given port (a restart on the same ports);
+    `launcher` replaces `python -m monoceros` (e.g. a wrapper that audits
+    the signals Monoceros sends); `name` keeps several runs' files apart
+    in one directory.
+    """
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: dict,
+        debug: bool = False,
+        *,
+        admin_port: int | None = None,
+        launcher: list[str] | None = None,
+        name: str = "",
+    ):
         self.tmp_path = tmp_path
-        self.admin_port = free_port()
+        self.admin_port = admin_port or free_port()
         config.setdefault("admin", {})["port"] = self.admin_port
-        self.config_path = tmp_path / "monoceros.yaml"
+        self.config_path = tmp_path / f"monoceros{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.stdout_path = tmp_path / "stdout.log"
-        self.stderr_path = tmp_path / "stderr.log"
-        argv = [sys.executable, "-m", "monoceros", "-c", str(self.config_path)]
+        self.stdout_path = tmp_path / f"stdout{name}.log"
+        self.stderr_path = tmp_path / f"stderr{name}.log"
+        launcher = launcher or [sys.executable, "-m", "monoceros"]
+        argv = [*launcher, "-c", str(self.config_path)]
         if debug:
             argv.append("-d")
         self.proc = subprocess.Popen(

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from monoceros import __version__
 from monoceros.xds.cache import SnapshotCache
 from monoceros.xds.delta import DeltaStream
 from monoceros.xds.metrics import XdsMetrics
 from monoceros.xds.sotw import SotwStream
-from monoceros.xds.stream import Stream
+from monoceros.xds.stream import ProtocolError, Stream
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,14 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> None:
         stream_id = next(self._ids)
-        first = await anext(requests, None)
+        requests = _parsed(requests)
+        try:
+            first = await anext(requests, None)
+        except ProtocolError as exc:
+            log.error("refused a stream: %s", exc,
+                      extra={"stream_id": stream_id, "peer": context.peer()})
+            self.metrics.refused.inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if first is None:
             return  # closed before asking anything
 
@@ -82,3 +89,14 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await stream.run(first, requests, context)
         finally:
             del self.streams[stream_id]
+
+
+async def _parsed(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
+    """The stream's requests; bytes that do not parse end it as a refusal
+    (INVALID_ARGUMENT, one log line) rather than grpc's UNKNOWN status and
+    a traceback in the log."""
+    try:
+        async for request in requests:
+            yield request
+    except DecodeError as exc:
+        raise ProtocolError(f"a request that does not parse: {exc}") from None

@@ -126,6 +126,11 @@ class AdsClient:
         self._outbox.put_nowait(request)
         self.sent += 1
 
+    def send_request(self, request) -> None:
+        """Send a request exactly as built, malformed or not."""
+        self._outbox.put_nowait(request)
+        self.sent += 1
+
     def ack(self, response, names=None, error: str | None = None):
         """ACK (or NACK, with ``error``) a response, keeping the subscription."""
         if self.delta:
