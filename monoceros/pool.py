@@ -154,7 +154,7 @@ class Pool:
                 return
             if n and self.config.startup_wait_time:
                 await asyncio.sleep(self.config.startup_wait_time)
-            if self.live_count() < self.desired:
+            if self.staying_count() < self.desired:
                 self._spawn(self._free_index())
 
     def _free_index(self) -> int:
@@ -356,19 +356,17 @@ class Pool:
             await asyncio.sleep(delay)
         finally:
             self._reserved.discard(index)
-        # While a replacement is under way its old and new worker both
-        # count as live; judged then, the pool would look full, the restart
-        # would be dropped and the pool left one short once the old worker
-        # stops. So wait for the replacement to finish before judging. The
-        # cost: the restart waits that long too.
-        async with self._replace_lock:
-            if self.stopping or self.live_count() >= self.desired:
-                self._update_gauges()  # no longer "terminated": not coming back
-                return
-            if index in self.workers:
-                index = self._free_index()
-            if self._spawn(index) is not None:
-                self._count_restart("crash", index)
+        # Judged by the workers that are meant to stay: one being replaced
+        # still serves (and counts for health) but its replacement takes its
+        # place, so counting both would drop this restart and leave the pool
+        # one short once the old worker stops.
+        if self.stopping or self.staying_count() >= self.desired:
+            self._update_gauges()  # no longer "terminated": not coming back
+            return
+        if index in self.workers:
+            index = self._free_index()
+        if self._spawn(index) is not None:
+            self._count_restart("crash", index)
 
     def _fail(self, reason: str) -> None:
         if self.failed:
@@ -593,6 +591,14 @@ class Pool:
             1
             for w in self.workers.values()
             if w.state in LIVE_STATES and not w.stop_requested
+        )
+
+    def staying_count(self) -> int:
+        """Live workers not on their way out (being replaced or scaled away)."""
+        return sum(
+            1
+            for w in self.workers.values()
+            if w.state in LIVE_STATES and not w.stop_requested and not w.retire_reason
         )
 
     def ready_count(self) -> int:
