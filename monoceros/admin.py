@@ -163,9 +163,11 @@ class AdminServer:
             except ValueError:
                 return _error("the body must be JSON like {\"replicas\": 4}", 400)
             raw = body.get("replicas") if isinstance(body, dict) else None
-        try:
-            replicas = int(raw) if isinstance(raw, str) else raw
-        except ValueError:
+        # Plain ASCII digits only: int() would also take "1_0" or other
+        # scripts' digits, which no one means as a replica count.
+        if isinstance(raw, str) and raw.isascii() and raw.isdigit():
+            replicas = int(raw)
+        else:
             replicas = raw
         if replicas is None:
             return _error("replicas is required", 400)

@@ -376,6 +376,12 @@ def _server(pool: Fields, base_dir: str, replicas: int) -> ServerConfig | None:
     if proxy_config_path is None:
         default_path = _server_default("proxy_config_path")
         proxy_config_path = os.path.normpath(os.path.join(base_dir, default_path))
+    if os.path.exists(proxy_config_path) and not os.path.isdir(proxy_config_path):
+        raise m.error(
+            "proxy_config_path",
+            f"must be a directory (it is created if missing), got the file "
+            f"{show(proxy_config_path)}",
+        )
 
     return ServerConfig(
         port_arg=port_arg,
@@ -422,6 +428,15 @@ def _port_arg(m: Fields) -> PortArgConfig:
 def check_config(config: Config) -> None:
     """The checks across pools, for a configuration changed at run time
     (a pool scaled through the admin API, say)."""
+    for i, pool in enumerate(config.pools):
+        span = pool.port_range()
+        if span is not None and span.stop - 1 > 65535:
+            raise ConfigError(
+                f"supervisor.workers[{i}].replicas",
+                f"a pool of {pool.replicas} replicas uses {2 * pool.replicas} "
+                f"ports from start_port {span.start}, up to {span.stop - 1}, "
+                "past 65535",
+            )
     _check_names(config)
     _check_ports(config)
 

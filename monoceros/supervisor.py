@@ -266,7 +266,8 @@ class Supervisor:
         candidate = dataclasses.replace(self.config, pools=pools)
         try:
             check_config(candidate)
-        except ConfigError as exc:
+            self._check_fd_limit(candidate)
+        except (ConfigError, StartupError) as exc:
             raise CommandError(
                 f"cannot scale {pool.name} to {replicas}: {exc}"
             ) from exc
@@ -440,8 +441,9 @@ class Supervisor:
         for pool in list(self.pools.values()):
             yield from pool.process_samples()
 
-    def _check_fd_limit(self) -> None:
+    def _check_fd_limit(self, config: Config | None = None) -> None:
         """Raise the soft open-file limit; refuse a config that cannot fit."""
+        config = config or self.config
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != hard:
             try:
@@ -450,7 +452,7 @@ class Supervisor:
             except (ValueError, OSError):
                 pass
         # Two pipe ends per worker, for up to index_range workers per pool.
-        needed = BASE_FDS + sum(2 * p.index_range for p in self.config.pools)
+        needed = BASE_FDS + sum(2 * p.index_range for p in config.pools)
         if soft != resource.RLIM_INFINITY and needed > soft:
             raise StartupError(
                 f"the open-file limit is {soft} but these pools may need {needed} "

@@ -200,6 +200,11 @@ INVALID_CASES: list[tuple[str, str, str]] = [
         "supervisor.workers[0].server.health_check_path",
     ),
     (
+        "proxy_config_path_is_a_file",
+        _doc(_pool(*_proxy(20000, "proxy_config_path: /etc/passwd"))),
+        "supervisor.workers[0].server.proxy_config_path",
+    ),
+    (
         "lb_algorithm_unknown",
         _doc(_pool(*_proxy(20000, "load_balancer_algorithm: FASTEST"))),
         "supervisor.workers[0].server.load_balancer_algorithm",

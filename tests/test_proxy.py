@@ -305,3 +305,22 @@ def test_worker_never_ready_is_restarted_and_counted(tmp_path):
     records = m.log_records()
     assert sum(r.get("msg") == "worker did not become ready in time: restarting it"
                for r in records) == 3
+
+
+def test_envoy_admin_port_taken_by_another_envoy(proxy, tmp_path):
+    pool = proxy_pool(replicas=1)
+    first = proxy(pool)
+    other = proxy_pool(replicas=1)
+    other["server"]["admin_port"] = pool["server"]["admin_port"]
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = Monoceros(second_dir, {"xds": {"socket": str(second_dir / "x.sock")},
+                                    "supervisor": {"workers": [other]}})
+    try:
+        assert second.wait(timeout=60) == 4
+    finally:
+        second.close()
+    assert b"served by another Envoy" in second.stderr()
+    # The first instance's Envoy was neither drained nor stopped.
+    assert get(url(pool))[0] == 200
+    assert first.proc.poll() is None

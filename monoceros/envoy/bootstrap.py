@@ -51,7 +51,11 @@ _LOG_FORMAT = {
 
 
 def build_bootstrap(
-    pool: PoolConfig, xds_socket: str, *, delta: bool = False
+    pool: PoolConfig,
+    xds_socket: str,
+    *,
+    delta: bool = False,
+    instance: str = "",
 ) -> bootstrap_pb2.Bootstrap:
     """The bootstrap for ``pool``'s Envoy, fed over ADS from ``xds_socket``.
 
@@ -61,6 +65,10 @@ def build_bootstrap(
 
     ``delta`` selects incremental xDS (``DELTA_GRPC``) instead of the state
     of the world (``GRPC``).
+
+    ``instance`` goes into the node's metadata (``monoceros_instance``) so
+    that Monoceros can tell its own Envoy from another one answering on the
+    same admin port.
     """
     if pool.server is None:
         raise ConfigError(
@@ -86,6 +94,8 @@ def build_bootstrap(
             cds_config=ads_source(initial_fetch_timeout=0),
         ),
     )
+    if instance:
+        bootstrap.node.metadata.update({names.INSTANCE_KEY: instance})
     log_format = struct_pb2.Struct()
     log_format.update(_LOG_FORMAT)
     bootstrap.application_log_config.log_format.json_format.CopyFrom(log_format)

@@ -15,6 +15,8 @@ ADS_CLUSTER = "monoceros_xds"
 HASH_HEADER = "x-session-key"
 
 # Endpoint metadata namespace that carries the worker id in EDS.
+# Node metadata key naming the Monoceros process an Envoy belongs to.
+INSTANCE_KEY = "monoceros_instance"
 METADATA_NAMESPACE = "monoceros"
 
 _NODE_PREFIX = "monoceros-"

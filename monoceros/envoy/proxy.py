@@ -56,6 +56,9 @@ class EnvoyProxy:
         self._reaper = reaper
         self._output = output
         self._metrics = metrics
+        # Names this Monoceros in the node metadata: an Envoy answering on
+        # the admin port without it is someone else's.
+        self.instance = f"{os.getpid()}-{cache.boot_id}"
         self._bootstrap_path: str | None = None
         self._process: Worker | None = None
         self._stopping = False
@@ -70,8 +73,18 @@ class EnvoyProxy:
 
     async def start(self) -> None:
         """Start Envoy and wait until it serves the pool's listener."""
-        bootstrap = build_bootstrap(self.pool, self._xds_socket)
-        self._bootstrap_path = write_bootstrap(bootstrap, self.server.proxy_config_path)
+        bootstrap = build_bootstrap(
+            self.pool, self._xds_socket, instance=self.instance
+        )
+        try:
+            self._bootstrap_path = write_bootstrap(
+                bootstrap, self.server.proxy_config_path
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"pool {self.pool.name}: cannot write Envoy's bootstrap in "
+                f"{self.server.proxy_config_path}: {exc.strerror or exc}"
+            ) from exc
         self._spawn()
         await self._wait_serving(START_TIMEOUT)
         self._supervise_task = asyncio.create_task(self._supervise())
@@ -110,11 +123,18 @@ class EnvoyProxy:
         exited = self._process.process.exited
         listener = names.listener_name(self.pool.name)
         deadline = time.monotonic() + timeout
+        foreign = False
         while time.monotonic() < deadline:
             if exited.done():
+                hint = (
+                    f"; admin port {self.server.admin_port} is served by "
+                    "another Envoy"
+                    if foreign
+                    else "; see its log lines above"
+                )
                 raise StartupError(
                     f"pool {self.pool.name}: Envoy exited during start-up "
-                    f"(status {exited.result()}); see its log lines above"
+                    f"(status {exited.result()}){hint}"
                 )
             rejected = self.cache.rejections(self.node, types.LISTENER)
             if rejected:
@@ -123,15 +143,27 @@ class EnvoyProxy:
                     f"{self.server.listener_address}:{self.server.listener_port}: "
                     f"{rejected[0]}"
                 )
-            if await self.admin.ready() and await self._has_listener(listener):
-                log.info("envoy serving", extra={"pool": self.pool.name,
-                                                 "pid": self.pid})
-                return
+            if await self.admin.ready():
+                if not await self._is_ours():
+                    foreign = True
+                elif await self._has_listener(listener):
+                    log.info("envoy serving", extra={"pool": self.pool.name,
+                                                     "pid": self.pid})
+                    return
             await asyncio.wait([exited], timeout=0.05)
         raise StartupError(
             f"pool {self.pool.name}: Envoy did not serve its listener within "
             f"{timeout:g}s (admin port {self.server.admin_port})"
         )
+
+    async def _is_ours(self) -> bool:
+        """Whether the Envoy on the admin port is the one this process runs."""
+        try:
+            info = await self.admin.server_info()
+        except EnvoyAdminError:
+            return False
+        metadata = info.get("node", {}).get("metadata", {})
+        return metadata.get(names.INSTANCE_KEY) == self.instance
 
     async def _has_listener(self, name: str) -> bool:
         try:
@@ -177,6 +209,12 @@ class EnvoyProxy:
     async def drain(self) -> None:
         """Ask Envoy to drain its listeners gracefully (shutdown step 2)."""
         if self._process is None or self._process.state is WorkerState.EXITED:
+            return
+        if not await self._is_ours():
+            log.warning(
+                "not draining: the Envoy on the admin port is not this one",
+                extra={"pool": self.pool.name, "admin_port": self.server.admin_port},
+            )
             return
         try:
             await self.admin.drain_listeners(graceful=True)
