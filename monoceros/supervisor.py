@@ -28,18 +28,29 @@ from monoceros.reload import PoolChange, ReloadPlan, describe, plan_reload
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-# Signals whose default action would end Monoceros and orphan its workers:
-# caught and logged instead.
-IGNORED_SIGNALS = (
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-    signal.SIGVTALRM,
-    signal.SIGPROF,
-    signal.SIGPIPE,
-    signal.SIGXCPU,
-    signal.SIGXFSZ,
-)
+# Every other signal whose default action would end Monoceros (and orphan its
+# workers) is caught and logged instead: user signals, timers, SIGPWR, SIGIO,
+# the real-time signals. Faults raised by the CPU itself (SIGSEGV, SIGBUS,
+# SIGFPE, SIGILL) and SIGABRT keep their default: catching them would loop.
+_NOT_IGNORED = {
+    signal.SIGKILL,
+    signal.SIGSTOP,
+    signal.SIGCHLD,
+    signal.SIGCONT,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGWINCH,
+    signal.SIGURG,
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGABRT,
+    signal.SIGHUP,
+    *STOP_SIGNALS,
+}
+IGNORED_SIGNALS = tuple(sorted(set(signal.valid_signals()) - _NOT_IGNORED))
 # File descriptors Monoceros needs besides its workers' pipes (sockets,
 # log output, the admin and xDS servers, libraries).
 BASE_FDS = 256

@@ -236,3 +236,16 @@ def test_second_sigterm_kills_what_is_left_at_once(run):
     assert m.wait(timeout=10) == 0
     assert time.monotonic() - t0 < 5  # not the 30 s signal_timeout
     wait_gone(pids, timeout=1)
+
+
+def test_stray_signals_are_logged_not_fatal(run):
+    m = run(pool(replicas=1))
+    before = [w["pid"] for w in m.wait_ready(1)]
+    strays = [signal.SIGUSR1, signal.SIGPWR, signal.SIGIO, signal.SIGRTMIN + 1,
+              signal.SIGTRAP, signal.SIGALRM]
+    for sig in strays:
+        m.signal(sig)
+    wait_for_sync(lambda: sum(r.get("msg") == "signal ignored"
+                              for r in m.log_records()) == len(strays))
+    assert m.proc.poll() is None
+    assert [w["pid"] for w in m.ready_workers()] == before
