@@ -28,7 +28,7 @@ class AdminServer:
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Task | None = None
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors])
         app.add_routes(
             [
                 web.get("/metrics", self.metrics),
@@ -184,6 +184,17 @@ class AdminServer:
         except CommandError as exc:
             return _error(str(exc), 404 if exc.not_found else 400)
         return web.json_response(result)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every error answer is JSON, 404 and 405 included."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.reason, exc.status)
 
 
 def _error(message: str, status: int) -> web.Response:

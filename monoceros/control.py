@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -16,7 +17,8 @@ import urllib.request
 from monoceros.errors import ConfigError, ExitStatus
 
 DEFAULT_ADMIN = "127.0.0.1:9000"
-TIMEOUT = 600.0  # a rolling restart of a large pool takes a while
+READ_TIMEOUT = 10.0
+CHANGE_TIMEOUT = 600.0  # a rolling restart of a large pool takes a while
 
 
 class AdminUnreachable(Exception):
@@ -75,7 +77,8 @@ def _call(args: argparse.Namespace, method: str, path: str, body=None):
         url, data=data, method=method, headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+        timeout = READ_TIMEOUT if method == "GET" else CHANGE_TIMEOUT
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as exc:
         try:
@@ -99,6 +102,11 @@ def _run(func):
         except ConfigError as exc:
             print(f"monoceros: invalid configuration: {exc}", file=sys.stderr)
             return ExitStatus.USAGE
+        except BrokenPipeError:
+            # Output piped into `head` and the like: stop quietly, and keep
+            # Python from complaining again when it flushes at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ExitStatus.OK
 
     return wrapper
 

@@ -338,7 +338,9 @@ class Pool:
         streak += 1
         self._streak[worker.index] = streak
         delay = min(backoff.max, backoff.initial * 2 ** (streak - 1))
-        delay = random.uniform(delay / 2, delay)
+        # Jitter spreads restarts of workers that crashed together; it never
+        # goes below `initial`, the least a user asked to wait.
+        delay = max(backoff.initial, random.uniform(delay / 2, delay))
         self._reserved.add(worker.index)
         self._track(self._restart_later(worker.index, delay))
         log.info(

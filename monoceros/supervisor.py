@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -195,6 +197,9 @@ class Supervisor:
                 extra={"pools": list(self.pools), "proxy_mode": self.config.proxy_mode},
             )
             await self._event_loop()
+        except MonocerosError as exc:
+            self.exit_status = exc.exit_status
+            raise
         finally:
             await self._shutdown()
             for sig in STOP_SIGNALS + (signal.SIGHUP,) + IGNORED_SIGNALS:
@@ -386,6 +391,7 @@ class Supervisor:
             await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
             if self.frontend is not None:
                 await self.frontend.stop()
+            await self._stop_adopted()
         finally:
             hurry.cancel()
         # Anything left (a worker that ignored even SIGKILL) is reported.
@@ -393,6 +399,30 @@ class Supervisor:
             log.error("children still running at exit",
                       extra={"count": self.reaper.children})
         log.info("monoceros stopped", extra={"exit_status": int(self.exit_status)})
+
+    async def _stop_adopted(self, timeout: float = 2.0) -> None:
+        """Stop descendants that left their worker's group (a `setsid`
+        grandchild) and were adopted by Monoceros as a subreaper: group
+        signals never reach them, and they must not outlive a stop."""
+        adopted = [
+            pid for pid in adopted_children() if pid != self.guardian.pid
+        ]
+        if not adopted:
+            return
+        log.info("stopping adopted descendants", extra={"pids": adopted})
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in adopted:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                self.reaper.reap()
+                adopted = [p for p in adopted if _alive(p)]
+                if not adopted:
+                    return
+                await asyncio.sleep(0.02)
 
     async def _hurry_on_second_signal(self) -> None:
         """A second stop signal during shutdown kills what is left at once.
@@ -445,8 +475,12 @@ class Supervisor:
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("supervisor task failed", exc_info=task.exception())
+        if task.cancelled():
+            return
+        error = task.exception()
+        # A refused request is answered to whoever asked, not a failure.
+        if error is not None and not isinstance(error, CommandError):
+            log.error("supervisor task failed", exc_info=error)
 
     def _process_samples(self):
         for pool in list(self.pools.values()):
@@ -470,6 +504,27 @@ class Supervisor:
                 "file descriptors (2 per worker, counting replacements); raise "
                 "the limit (ulimit -n) or lower replicas"
             )
+
+
+def adopted_children() -> list[int]:
+    """Children of this process not spawned as workers: orphans re-parented
+    here because Monoceros is a child subreaper."""
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _name(signum: int) -> str:

@@ -249,3 +249,32 @@ def test_stray_signals_are_logged_not_fatal(run):
                               for r in m.log_records()) == len(strays))
     assert m.proc.poll() is None
     assert [w["pid"] for w in m.ready_workers()] == before
+
+
+def test_graceful_stop_ends_setsid_grandchildren_too(run):
+    # Each worker leaves a child in its own session and exits: the children
+    # are re-parented to Monoceros, out of reach of any group signal.
+    m = run(pool(replicas=2, args=["--spawn-child-setsid", "--child-lifetime", "600"],
+                 max_restarts=50))
+    wait_for_sync(lambda: (m.metric("monoceros_workerpool_restarts_total",
+                                    pool="pb", worker_type="worker") or 0) >= 2)
+
+    def adopted():
+        path = f"/proc/{m.proc.pid}/task/{m.proc.pid}/children"
+        return [
+            pid for pid in map(int, Path(path).read_text().split())
+            if b"lifetime = float" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+
+    grandchildren = wait_for_sync(lambda: len(a := adopted()) >= 2 and a)
+    m.signal(signal.SIGTERM)
+    assert m.wait() == 0
+    wait_gone(grandchildren, timeout=1)
+
+
+def test_admin_errors_are_json(run):
+    m = run(pool(replicas=1))
+    m.wait_ready(1)
+    for status, body in (m.get("/nope"), m.get("/reload")):
+        assert status in (404, 405)
+        assert "error" in json.loads(body)
