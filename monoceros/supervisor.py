@@ -110,7 +110,7 @@ class Frontend(Protocol):
 
     async def update_pool(
         self, old: PoolConfig, new: PoolConfig, ctx: PoolContext
-    ) -> None: ...
+    ) -> str | None: ...
 
     async def drain(self) -> None: ...
 
@@ -342,8 +342,13 @@ class Supervisor:
             self._spawn_task(pool.start())
 
         changed = [c for c in plan.pools if c not in gone and not c.added]
-        await asyncio.gather(*(self._apply_pool(c) for c in changed))
+        problems = await asyncio.gather(*(self._apply_pool(c) for c in changed))
         result: dict[str, Any] = {"pools": {c.name: describe(c) for c in plan.pools}}
+        for change, problem in zip(changed, problems, strict=True):
+            if problem:
+                result["pools"][change.name] += f"; {problem}"
+                log.error("reload not applied by Envoy",
+                          extra={"pool": change.name, "error": problem})
         if plan.xds_changed:
             result["xds"] = "xds settings apply at the next start of Monoceros"
         if plan.admin_changed:
@@ -353,17 +358,19 @@ class Supervisor:
                     result["admin"] = note
         return result
 
-    async def _apply_pool(self, change: PoolChange) -> None:
+    async def _apply_pool(self, change: PoolChange) -> str | None:
         pool = self.pools[change.name]
         assert change.old is not None and change.new is not None
+        problem = None
         if change.kinds - {"replicas"}:
             pool.reconfigure(change.new)
         if change.kinds & {"proxy", "envoy"} and self.frontend is not None:
-            await self.frontend.update_pool(change.old, change.new, pool.ctx)
+            problem = await self.frontend.update_pool(change.old, change.new, pool.ctx)
         if "replicas" in change.kinds:
             await pool.scale(change.new.replicas)
         if change.restart_workers:
             await pool.rolling_restart()
+        return problem
 
     async def _remove_pool(self, name: str) -> None:
         pool = self.pools.pop(name)

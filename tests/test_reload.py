@@ -233,3 +233,20 @@ def test_listener_port_moves_without_an_envoy_restart(reloadable, tmp_path):
     wait_for_sync(lambda: serves(url(pool)), timeout=10)
     wait_for_sync(lambda: not serves(old_url), timeout=15)
     assert envoy_pid(r.m) == envoy
+
+
+@pytest.mark.envoy
+def test_reload_rejected_by_envoy_is_reported(reloadable, tmp_path):
+    import socket
+
+    pool = proxy_pool(replicas=1)
+    r = reloadable(pool, xds={"socket": str(tmp_path / "xds.sock")})
+    old_url = url(pool)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        pool["server"]["listener_port"] = taken.getsockname()[1]
+        result = r.reload()
+    assert result.returncode == 0, result.stderr
+    assert "Envoy rejected it and keeps the previous one" in result.stdout
+    assert urllib.request.urlopen(old_url, timeout=5).status == 200

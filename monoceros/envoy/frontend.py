@@ -167,13 +167,18 @@ class ProxyFrontend:
             await probe.close()
         self.cache.remove_node(names.node_id(name))
 
-    async def update_pool(self, old: PoolConfig, new: PoolConfig, ctx) -> None:
+    async def update_pool(
+        self, old: PoolConfig, new: PoolConfig, ctx
+    ) -> str | None:
         """Push a proxy pool's new settings to its Envoy.
 
         Listener, route and cluster get new versions over xDS; the xDS server
         re-sends the endpoints of a changed cluster so it leaves warming at
         once, and sends a route only once its cluster is there. Only a new
         admin port or bootstrap directory needs a new Envoy process.
+
+        Returns what went wrong, if Envoy rejected the new resources (a
+        listener port already taken, say): it keeps serving the old ones.
         """
         proxy = self.proxies[new.name]
         assert old.server is not None and new.server is not None
@@ -186,6 +191,20 @@ class ProxyFrontend:
         )
         if restart:
             await proxy.restart()
+            return None
+        return await self._rejection(proxy)
+
+    async def _rejection(self, proxy: EnvoyProxy) -> str | None:
+        """Wait for the ACK of every type just pushed; the NACK if any."""
+        for type_url in (types.CLUSTER, types.LISTENER, types.ROUTE):
+            version = self.cache.version(proxy.node, type_url)
+            if await self.cache.wait_acked(proxy.node, type_url, version, ACK_TIMEOUT):
+                continue
+            errors = self.cache.rejections(proxy.node, type_url)
+            if errors:
+                return f"Envoy rejected it and keeps the previous one: {errors[0]}"
+            return "Envoy did not acknowledge it in time"
+        return None
 
     def _publish_static(self, pool: PoolConfig, *, with_endpoints: bool) -> None:
         self.cache.set_resources(
