@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # (g_<pgid>), so adding and removing a group cost a few microseconds however
 # many there are; "exit" ends cleanly. At end of file, the variables left
 # name the groups to kill.
-_SCRIPT = r"""
+_SCRIPT = r"""# monoceros guardian
 while IFS= read -r line; do
   case "$line" in
     exit) exit 0 ;;

@@ -156,7 +156,7 @@ def envoy_pid(m: Monoceros) -> int | None:
 def guardian_pid(m: Monoceros) -> int | None:
     for pid in children(m.proc.pid):
         argv = cmdline(pid)
-        if argv[0].endswith(b"sh") and b"groups=" in b"".join(argv):
+        if argv[0].endswith(b"sh") and b"monoceros guardian" in b"".join(argv):
             return pid
     return None
 
