@@ -32,6 +32,18 @@ def processbin_exec() -> str:
     return str(Path(sys.executable).with_name("monoceros-processbin"))
 
 
+def plain_pool(name: str = "pb", replicas: int = 2, args=(), **pool) -> dict:
+    """A supervisor-mode pool of processbin workers, as YAML data."""
+    return {
+        "name": name,
+        "replicas": replicas,
+        "exec": processbin_exec(),
+        "args": list(args),
+        "signal_timeout": "2s",
+        **pool,
+    }
+
+
 class Monoceros:
     """One `monoceros -c` process.
 

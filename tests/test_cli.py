@@ -15,7 +15,7 @@ from tests.harness import (
     Monoceros,
     group_members,
     pid_alive,
-    processbin_exec,
+    plain_pool,
     venv_env,
     wait_gone,
 )
@@ -34,15 +34,7 @@ def monoceros(*args: str, **kw) -> subprocess.CompletedProcess:
     )
 
 
-def pool(name="pb", replicas=2, args=(), **kw) -> dict:
-    return {
-        "name": name,
-        "replicas": replicas,
-        "exec": processbin_exec(),
-        "args": list(args),
-        "signal_timeout": "2s",
-        **kw,
-    }
+pool = plain_pool
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from tests.harness import (
     Monoceros,
     group_members,
     pid_alive,
+    plain_pool,
     processbin_exec,
     venv_env,
     wait_gone,
@@ -66,17 +67,6 @@ def proxy_pool(name: str = "web", replicas: int = 4, args=(), **pool) -> dict:
             "signal_timeout": "5s",
             **server,
         },
-    }
-
-
-def plain_pool(name: str = "pb", replicas: int = 2, args=(), **pool) -> dict:
-    return {
-        "name": name,
-        "replicas": replicas,
-        "exec": processbin_exec(),
-        "args": list(args),
-        "signal_timeout": "2s",
-        **pool,
     }
 
 
