@@ -123,6 +123,8 @@ class OutputQueue:
             # A closed or broken output must not kill the writer: drop.
             with self._dropped_lock:
                 self._dropped += len(lines)
+            if self.on_drop is not None:
+                self.on_drop(len(lines))  # a prometheus counter: thread-safe
 
     def _report_drops(self) -> None:
         if not self._dropped or not self._queue.empty():
@@ -133,7 +135,7 @@ class OutputQueue:
             "ts": _now(),
             "level": "warning",
             "logger": __name__,
-            "msg": "log lines dropped: output was blocked",
+            "msg": "log lines dropped: output was blocked or too slow",
             "dropped": count,
         }
         self._write(STDERR, [_dumps(record)])

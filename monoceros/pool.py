@@ -476,21 +476,26 @@ class Pool:
         """
         self.config = dataclasses.replace(self.config, replicas=replicas)
         self.desired = replicas
+        started, stopped = [], []
+        # Counted again before each start: a scale, a crash restart or a
+        # replacement may change the pool during the stagger. A worker being
+        # replaced does not count; its replacement does.
+        while not self.stopping and self.staying_count() < self.desired:
+            if started and self.config.startup_wait_time:
+                await asyncio.sleep(self.config.startup_wait_time)
+                if self.stopping or self.staying_count() >= self.desired:
+                    break
+            worker = self._spawn(self._free_index())
+            if worker is None:
+                break  # could not start: counted as a crash, restarted later
+            started.append(worker.worker_id)
         live = sorted(
             (w for w in self.workers.values()
-             if w.state in LIVE_STATES and not w.stop_requested),
+             if w.state in LIVE_STATES and not w.stop_requested
+             and not w.retire_reason),
             key=lambda w: w.index,
         )
-        started, stopped = [], []
-        for n in range(replicas - len(live)):
-            if self.stopping:
-                break
-            if n and self.config.startup_wait_time:
-                await asyncio.sleep(self.config.startup_wait_time)
-            worker = self._spawn(self._free_index())
-            if worker is not None:
-                started.append(worker.worker_id)
-        surplus = live[replicas:] if len(live) > replicas else []
+        surplus = live[self.desired:]
         for worker in surplus:
             worker.retire_reason = "scale"
             stopped.append(worker.worker_id)

@@ -137,6 +137,7 @@ class Supervisor:
         self.frontend = frontend
         self._frontend_factory = frontend_factory
         self._reload_lock = asyncio.Lock()
+        self._removing: dict[str, Pool] = {}
         # Called with the new configuration after a reload (the admin server
         # rebinds this way: the Supervisor knows no HTTP).
         self.reload_hooks: list[Callable[[Config], Awaitable[str | None]]] = []
@@ -271,6 +272,12 @@ class Supervisor:
         return {"pool": pool.name, "replaced": await pool.rolling_restart()}
 
     async def _scale_pool(self, command: Command) -> dict:
+        # Under the reload lock: a reload in progress would otherwise write
+        # its configuration over this scale.
+        async with self._reload_lock:
+            return await self._scale_locked(command)
+
+    async def _scale_locked(self, command: Command) -> dict:
         pool = self._pool_named(command.pool)
         replicas = command.value
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
@@ -320,6 +327,8 @@ class Supervisor:
             await self.reload()
         except CommandError:
             pass  # logged and counted by reload()
+        except MonocerosError as exc:
+            log.error("reload failed: " + str(exc))
 
     async def _apply(self, plan: ReloadPlan, new: Config) -> dict:
         gone = [c for c in plan.pools if c.removed or c.mode_changed]
@@ -328,15 +337,25 @@ class Supervisor:
         self.metrics.proxy_mode.set(1 if new.proxy_mode else 0)
 
         added = [c.new for c in plan.pools if c.added or c.mode_changed]
+        failed: dict[str, str] = {}  # pools whose Envoy could not start
         proxies = [p for p in added if p is not None and p.server is not None]
         if proxies and self.frontend is None:
             self.frontend = self._new_frontend(new)
             await self.frontend.start(self)
         elif proxies:
             assert self.frontend is not None
-            await asyncio.gather(*(self.frontend.add_pool(p) for p in proxies))
+            outcomes = await asyncio.gather(
+                *(self.frontend.add_pool(p) for p in proxies), return_exceptions=True
+            )
+            for pool_config, outcome in zip(proxies, outcomes, strict=True):
+                if isinstance(outcome, MonocerosError):
+                    failed[pool_config.name] = str(outcome)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
         for pool_config in added:
             assert pool_config is not None
+            if pool_config.name in failed:
+                continue
             pool = Pool(pool_config, self._pool_context(pool_config))
             self.pools[pool.name] = pool
             self._spawn_task(pool.start())
@@ -344,6 +363,10 @@ class Supervisor:
         changed = [c for c in plan.pools if c not in gone and not c.added]
         problems = await asyncio.gather(*(self._apply_pool(c) for c in changed))
         result: dict[str, Any] = {"pools": {c.name: describe(c) for c in plan.pools}}
+        for name, problem in failed.items():
+            result["pools"][name] = f"not started: {problem}"
+            log.error("reload could not start a pool",
+                      extra={"pool": name, "error": problem})
         for change, problem in zip(changed, problems, strict=True):
             if problem:
                 result["pools"][change.name] += f"; {problem}"
@@ -365,7 +388,12 @@ class Supervisor:
         if change.kinds - {"replicas"}:
             pool.reconfigure(change.new)
         if change.kinds & {"proxy", "envoy"} and self.frontend is not None:
-            problem = await self.frontend.update_pool(change.old, change.new, pool.ctx)
+            try:
+                problem = await self.frontend.update_pool(
+                    change.old, change.new, pool.ctx
+                )
+            except MonocerosError as exc:
+                problem = str(exc)
         if "replicas" in change.kinds:
             await pool.scale(change.new.replicas)
         if change.restart_workers:
@@ -374,8 +402,11 @@ class Supervisor:
 
     async def _remove_pool(self, name: str) -> None:
         pool = self.pools.pop(name)
+        # Until it has stopped, a shutdown must still stop it.
+        self._removing[name] = pool
         log.info("pool removed from the configuration", extra={"pool": name})
         await pool.stop()
+        del self._removing[name]
         pool.forget_metrics()
         if self.frontend is not None and pool.config.server is not None:
             await self.frontend.remove_pool(name)
@@ -395,7 +426,8 @@ class Supervisor:
             if self.frontend is not None:
                 await self.frontend.drain()
             log.info("stopping every pool")
-            await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+            pools = [*self.pools.values(), *self._removing.values()]
+            await asyncio.gather(*(pool.stop() for pool in pools))
             if self.frontend is not None:
                 await self.frontend.stop()
             await self._stop_adopted()
@@ -446,7 +478,7 @@ class Supervisor:
                         "second stop signal: killing every worker now",
                         extra={"signal": _name(signum)},
                     )
-                    for pool in self.pools.values():
+                    for pool in [*self.pools.values(), *self._removing.values()]:
                         pool.kill_all()
                 case Command(reply=reply) if not reply.done():
                     reply.set_exception(CommandError("Monoceros is stopping"))

@@ -250,3 +250,23 @@ def test_reload_rejected_by_envoy_is_reported(reloadable, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Envoy rejected it and keeps the previous one" in result.stdout
     assert urllib.request.urlopen(old_url, timeout=5).status == 200
+
+
+def test_shutdown_during_a_pool_removal_still_stops_it(reloadable):
+    # Ignores SIGTERM, and so does its child (a plain sleep in its group).
+    stubborn = {"name": "gone", "replicas": 1, "exec": "/bin/sh",
+                "args": ["-c", "trap '' TERM; sleep 1000 & wait"],
+                "signal_timeout": "2s"}
+    r = reloadable(pb_pool("kept", replicas=1), stubborn)
+    from tests.harness import group_members, wait_gone
+
+    leader = r.pids("gone")["gone-0"]
+    members = wait_for_sync(lambda: len(g := group_members(leader)) == 2 and g)
+    r.config["supervisor"]["workers"].pop()
+    r.write()
+    r.m.signal(signal.SIGHUP)  # the removal now waits out signal_timeout
+    wait_for_sync(lambda: any(rec.get("msg") == "pool removed from the configuration"
+                              for rec in r.m.log_records()))
+    r.m.signal(signal.SIGTERM)
+    assert r.m.wait(timeout=30) == 0
+    wait_gone(members, timeout=2)

@@ -253,3 +253,26 @@ async def test_startup_is_staggered(supervise):
 def test_replace_keeps_config_frozen():
     cfg = pool("true")
     assert replace(cfg, replicas=3).index_range == 6
+
+
+async def test_scale_during_a_replacement_counts_the_replacement(supervise):
+    sup = await supervise(pool("exec sleep 1000", replicas=2, startup_wait_time=0.5))
+    p = sup.pools["p"]
+    await wait_for(lambda: len(pids(sup)) == 2)
+    rolling = asyncio.create_task(p.rolling_restart())
+    # The first replacement is starting (0.5 s before it is ready).
+    await wait_for(lambda: any(w.retire_reason for w in p.workers.values()))
+    await p.scale(3)
+    await rolling
+    await wait_for(lambda: p.staying_count() == 3 and len(pids(sup)) == 3)
+
+
+async def test_overlapping_scales_end_at_the_last_count(supervise):
+    sup = await supervise(pool("exec sleep 1000", replicas=1, startup_wait_time=0.2))
+    p = sup.pools["p"]
+    await wait_for(lambda: len(pids(sup)) == 1)
+    up = asyncio.create_task(p.scale(5))
+    await wait_for(lambda: len(p.workers) >= 3)
+    await p.scale(1)
+    await up
+    await wait_for(lambda: len(p.workers) == 1 and p.staying_count() == 1)

@@ -86,8 +86,14 @@ class EnvoyProxy:
                 f"{self.server.proxy_config_path}: {exc.strerror or exc}"
             ) from exc
         self._spawn()
-        await self._wait_serving(START_TIMEOUT)
-        self._supervise_task = asyncio.create_task(self._supervise())
+        try:
+            await self._wait_serving(START_TIMEOUT)
+        finally:
+            # Supervised even if it failed to serve: a later exit is then
+            # restarted. At Monoceros's own start-up the error stops
+            # everything anyway, and stop() cancels this.
+            if not self._stopping:
+                self._supervise_task = asyncio.create_task(self._supervise())
 
     def _spawn(self) -> None:
         assert self._bootstrap_path is not None
