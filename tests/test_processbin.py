@@ -540,6 +540,15 @@ async def test_leak_grows_resident_memory(start: Start):
     await eventually(grown, "resident memory did not grow by 64 MiB")
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an unreaped child counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 async def test_spawn_child_stays_in_the_process_group(start: Start):
     worker = await start("-j", "-k", "0", "-f", "x", "--spawn-child")
 
@@ -547,13 +556,12 @@ async def test_spawn_child_stays_in_the_process_group(start: Start):
     child = int(spawned["child_pid"])  # type: ignore[arg-type]
 
     assert process_group(child) == (worker.pid, worker.pid)
-    # As a supervisor does: the whole group, so the child goes too and the
-    # worker reaps it.
+    # As a supervisor does: the whole group, so the child goes too. Whether
+    # the worker logs the child's exit before its own depends on which of
+    # the two the scheduler runs first; that the child is gone does not.
     os.killpg(worker.pid, signal.SIGTERM)
-    exited = await worker.event("child exited")
-    assert exited["child_pid"] == child
-    assert exited["status"] == -signal.SIGTERM
     assert await worker.exit_status() == 143
+    assert not running(child)
 
 
 async def test_spawn_child_setsid_escapes_and_the_parent_exits(start: Start):
