@@ -45,11 +45,11 @@ except (OSError, AttributeError):  # not Linux: no parent-death signal
     _prctl = None
 
 
-def become_subreaper() -> bool:
+def become_subreaper(enable: bool = True) -> bool:
     """Adopt orphaned descendants so they are reaped here, not by init."""
     if _prctl is None:
         return False
-    return _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _prctl(_PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) == 0
 
 
 def _pdeathsig_prefix() -> list[str]:

@@ -207,6 +207,8 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             self.guardian.close()
             self.reaper.uninstall()
+            # Nothing reaps here any more: let init adopt what is left.
+            become_subreaper(False)
             self._stopped.set()
         return self.exit_status
 
