@@ -85,6 +85,10 @@ class Process:
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
     returncode: int | None = None
+    # Set once the group is seen empty: its number may then be reused by an
+    # unrelated session leader, so it is never probed or signalled again.
+    # (While any member remains, the kernel keeps the number reserved.)
+    group_gone: bool = False
     exited: asyncio.Future[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,9 +111,12 @@ class Process:
         """Whether any process is left in the group (the leader or others)."""
         if self.alive:
             return True
+        if self.group_gone:
+            return False
         try:
             os.killpg(self.pgid, 0)
         except ProcessLookupError:
+            self.group_gone = True
             return False
         except PermissionError:
             return True
@@ -118,13 +125,17 @@ class Process:
     def signal_group(self, sig: int) -> bool:
         """Send `sig` to the whole group; False if nothing was left in it.
 
-        Once the leader has been reaped its pid may be reused, but a reused
-        pid only names a group if that new process made itself a group
-        leader, so signalling the group stays safe while members remain.
+        After the leader is reaped, the kernel keeps its number reserved as
+        long as any member of the group remains, so the group can still be
+        signalled; once it has been seen empty it never is again.
         """
+        if self.group_gone:
+            return False
         try:
             os.killpg(self.pgid, sig)
         except ProcessLookupError:
+            if not self.alive:
+                self.group_gone = True
             return False
         except PermissionError as exc:
             log.warning(
