@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import free_port, wait_for_sync
+from tests.conftest import free_port, free_port_range, wait_for_sync
 
 PROCESSBIN = [sys.executable, "-m", "monoceros.processbin"]
 
@@ -41,6 +41,33 @@ def plain_pool(name: str = "pb", replicas: int = 2, args=(), **pool) -> dict:
         "args": list(args),
         "signal_timeout": "2s",
         **pool,
+    }
+
+
+def proxy_pool(name: str = "web", replicas: int = 4, args=(), **pool) -> dict:
+    """A proxy-mode pool of processbin workers on free ports, as YAML data;
+    `server={...}` overrides fields of its server section."""
+    server = pool.pop("server", {})
+    return {
+        "name": name,
+        "replicas": replicas,
+        "exec": processbin_exec(),
+        "args": ["--log-interval", "0", "--log-count", "1", *args],
+        "signal_timeout": "5s",
+        **pool,
+        "server": {
+            "port_arg": {
+                "name": "--port",
+                "value_template": "{{.Port}}",
+                "start_port": free_port_range(2 * replicas),
+            },
+            "health_check_path": "/health",
+            "admin_port": free_port(),
+            "listener_port": free_port(),
+            "listener_address": "127.0.0.1",
+            "signal_timeout": "5s",
+            **server,
+        },
     }
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, free_port_range, wait_for_sync
+from tests.conftest import free_port, wait_for_sync
 from tests.harness import (
     Monoceros,
     group_members,
     pid_alive,
     plain_pool,
-    processbin_exec,
+    proxy_pool,
     venv_env,
     wait_gone,
 )
@@ -43,31 +43,6 @@ AUDIT = str(Path(__file__).with_name("signal_audit.py"))
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def proxy_pool(name: str = "web", replicas: int = 4, args=(), **pool) -> dict:
-    server = pool.pop("server", {})
-    return {
-        "name": name,
-        "replicas": replicas,
-        "exec": processbin_exec(),
-        "args": ["--log-interval", "0", "--log-count", "1", *args],
-        "signal_timeout": "5s",
-        **pool,
-        "server": {
-            "port_arg": {
-                "name": "--port",
-                "value_template": "{{.Port}}",
-                "start_port": free_port_range(2 * replicas),
-            },
-            "health_check_path": "/health",
-            "admin_port": free_port(),
-            "listener_port": free_port(),
-            "listener_address": "127.0.0.1",
-            "signal_timeout": "5s",
-            **server,
-        },
-    }
 
 
 @pytest.fixture

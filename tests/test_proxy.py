@@ -13,35 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, free_port_range, wait_for_sync
-from tests.harness import Monoceros, pid_alive, processbin_exec, venv_env, wait_gone
+from tests.conftest import wait_for_sync
+from tests.harness import Monoceros, pid_alive, proxy_pool, venv_env, wait_gone
 from tests.load import Load
 
 pytestmark = pytest.mark.envoy
-
-
-def proxy_pool(name="web", replicas=4, lb="ROUND_ROBIN", args=(), **server) -> dict:
-    return {
-        "name": name,
-        "replicas": replicas,
-        "exec": processbin_exec(),
-        "args": ["--log-interval", "0", "--log-count", "1", *args],
-        "signal_timeout": "5s",
-        "server": {
-            "port_arg": {
-                "name": "--port",
-                "value_template": "{{.Port}}",
-                "start_port": free_port_range(2 * replicas),
-            },
-            "health_check_path": "/health",
-            "load_balancer_algorithm": lb,
-            "admin_port": free_port(),
-            "listener_port": free_port(),
-            "listener_address": "127.0.0.1",
-            "signal_timeout": "5s",
-            **server,
-        },
-    }
 
 
 @pytest.fixture
@@ -115,7 +91,7 @@ def test_requests_reach_every_worker_round_robin(proxy):
 
 
 def test_ring_hash_keeps_a_session_on_one_worker(proxy):
-    pool = proxy_pool(lb="RING_HASH")
+    pool = proxy_pool(server={"load_balancer_algorithm": "RING_HASH"})
     proxy(pool)
     for key in ("alice", "bob", "carol"):
         workers = {get(url(pool), {"x-session-key": key})[1] for _ in range(10)}
@@ -124,7 +100,7 @@ def test_ring_hash_keeps_a_session_on_one_worker(proxy):
 
 @pytest.mark.parametrize("keepalive", [True, False], ids=["keepalive", "close"])
 def test_rolling_restart_under_load_fails_nothing(proxy, keepalive):
-    pool = proxy_pool(lb="LEAST_REQUEST")
+    pool = proxy_pool(server={"load_balancer_algorithm": "LEAST_REQUEST"})
     m = proxy(pool)
     envoy = envoy_pid(m)
     before = {w["pid"] for w in m.ready_workers()}
@@ -242,6 +218,7 @@ def test_scale_under_load_joins_and_drains_through_envoy(proxy):
         assert status == 200
         wait_for_sync(lambda: sorted(cluster_hosts(pool).values())
                       == ["HEALTHY"] * 4)
+        wait_for_sync(lambda: len(load.tally.workers) >= 4)  # each one served
         status, _ = m.post("/pools/web/scale?replicas=1")
         assert status == 200
         wait_for_sync(lambda: len(cluster_hosts(pool)) == 1)
@@ -257,7 +234,7 @@ def test_grpc_pool_is_balanced_per_request_and_restarts_cleanly(proxy):
     import grpc
 
     examples = Path(__file__).resolve().parent.parent / "examples"
-    pool = proxy_pool(name="rpc", replicas=3, protocol="grpc")
+    pool = proxy_pool(name="rpc", replicas=3, server={"protocol": "grpc"})
     pool["exec"] = sys.executable
     pool["args"] = [str(examples / "grpc_worker.py"), "--grace", "2"]
     m = proxy(pool)
@@ -292,8 +269,9 @@ def test_grpc_pool_is_balanced_per_request_and_restarts_cleanly(proxy):
 
 
 def test_worker_never_ready_is_restarted_and_counted(tmp_path):
-    pool = proxy_pool(replicas=1, args=["--fail-health"], ready_timeout="300ms",
-                      health_check_interval="100ms")
+    pool = proxy_pool(replicas=1, args=["--fail-health"],
+                      server={"ready_timeout": "300ms",
+                              "health_check_interval": "100ms"})
     pool["max_restarts"] = 2
     pool["restart_backoff"] = {"initial": "10ms", "max": "20ms"}
     m = Monoceros(tmp_path, {"xds": {"socket": str(tmp_path / "x.sock")},
