@@ -262,6 +262,10 @@ class Supervisor:
 
         task.add_done_callback(relay)
 
+    def _all_pools(self) -> list[Pool]:
+        """Running pools, and pools a reload is still stopping."""
+        return [*self.pools.values(), *self._removing.values()]
+
     def _pool_named(self, name: str | None) -> Pool:
         pool = self.pools.get(name or "")
         if pool is None:
@@ -428,8 +432,7 @@ class Supervisor:
             if self.frontend is not None:
                 await self.frontend.drain()
             log.info("stopping every pool")
-            pools = [*self.pools.values(), *self._removing.values()]
-            await asyncio.gather(*(pool.stop() for pool in pools))
+            await asyncio.gather(*(pool.stop() for pool in self._all_pools()))
             if self.frontend is not None:
                 await self.frontend.stop()
             await self._stop_adopted()
@@ -480,7 +483,7 @@ class Supervisor:
                         "second stop signal: killing every worker now",
                         extra={"signal": _name(signum)},
                     )
-                    for pool in [*self.pools.values(), *self._removing.values()]:
+                    for pool in self._all_pools():
                         pool.kill_all()
                 case Command(reply=reply) if not reply.done():
                     reply.set_exception(CommandError("Monoceros is stopping"))

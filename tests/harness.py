@@ -71,6 +71,11 @@ def proxy_pool(name: str = "web", replicas: int = 4, args=(), **pool) -> dict:
     }
 
 
+def url(pool: dict, path: str = "/") -> str:
+    """Where a proxy-mode pool's Envoy listens."""
+    return f"http://127.0.0.1:{pool['server']['listener_port']}{path}"
+
+
 class Monoceros:
     """One `monoceros -c` process.
 

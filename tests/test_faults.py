@@ -32,6 +32,7 @@ from tests.harness import (
     pid_alive,
     plain_pool,
     proxy_pool,
+    url,
     venv_env,
     wait_gone,
 )
@@ -64,10 +65,6 @@ def run(tmp_path):
     yield start
     for m in started:
         m.close()
-
-
-def url(pool: dict, path: str = "/") -> str:
-    return f"http://127.0.0.1:{pool['server']['listener_port']}{path}"
 
 
 def children(pid: int) -> list[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for_sync
-from tests.harness import Monoceros, pid_alive, proxy_pool, venv_env, wait_gone
+from tests.harness import Monoceros, pid_alive, proxy_pool, url, venv_env, wait_gone
 from tests.load import Load
 
 pytestmark = pytest.mark.envoy
@@ -37,10 +37,6 @@ def proxy(tmp_path):
     yield start
     for m in started:
         m.close()
-
-
-def url(pool: dict, path: str = "/") -> str:
-    return f"http://127.0.0.1:{pool['server']['listener_port']}{path}"
 
 
 def get(address: str, headers: dict | None = None) -> tuple[int, str]:

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, wait_for_sync
-from tests.harness import Monoceros, processbin_exec, proxy_pool, venv_env
+from tests.harness import Monoceros, processbin_exec, proxy_pool, url, venv_env
 from tests.load import Load
-from tests.test_proxy import cluster_hosts, envoy_pid, url
+from tests.test_proxy import cluster_hosts, envoy_pid
 
 
 def pb_pool(name="pb", replicas=2, args=(), **kw) -> dict:
